@@ -1,0 +1,209 @@
+//! The outer compression: encoders for writing, decoders for reading, both streaming.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+
+use super::Compression;
+
+/// Big enough to keep syscalls and codec calls few; small enough to keep memory flat.
+pub const IO_BUFFER: usize = 1 << 20;
+
+/// A compressing writer. It must be [`finish`](Encoder::finish)ed: the codecs write their
+/// trailers there, and a dropped encoder leaves a cut stream behind.
+pub enum Encoder<W: Write> {
+    Gzip(flate2::write::GzEncoder<W>),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+    Plain(W),
+}
+
+impl<W: Write> Encoder<W> {
+    pub fn new(inner: W, compression: Compression, level: i32) -> io::Result<Encoder<W>> {
+        Ok(match compression {
+            Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
+                inner,
+                flate2::Compression::new(level.clamp(0, 9) as u32),
+            )),
+            Compression::Zstd => {
+                let mut enc = zstd::stream::write::Encoder::new(inner, level)?;
+                // A content checksum per frame lets a reader tell a flipped byte from data.
+                enc.include_checksum(true)?;
+                let workers = std::thread::available_parallelism()
+                    .map(|n| n.get() as u32)
+                    .unwrap_or(1);
+                if workers > 1 {
+                    enc.multithread(workers)?;
+                }
+                Encoder::Zstd(enc)
+            }
+            Compression::None => Encoder::Plain(inner),
+        })
+    }
+
+    /// Writes the codec's trailer and hands back the inner writer.
+    pub fn finish(self) -> io::Result<W> {
+        match self {
+            Encoder::Gzip(e) => e.finish(),
+            Encoder::Zstd(e) => e.finish(),
+            Encoder::Plain(w) => Ok(w),
+        }
+    }
+}
+
+impl<W: Write> Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Encoder::Gzip(e) => e.write(buf),
+            Encoder::Zstd(e) => e.write(buf),
+            Encoder::Plain(w) => w.write(buf),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Encoder::Gzip(e) => e.write_all(buf),
+            Encoder::Zstd(e) => e.write_all(buf),
+            Encoder::Plain(w) => w.write_all(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Encoder::Gzip(e) => e.flush(),
+            Encoder::Zstd(e) => e.flush(),
+            Encoder::Plain(w) => w.flush(),
+        }
+    }
+}
+
+/// A decompressing reader over `inner`.
+///
+/// Gzip is read as a series of members (as `gzip -d` does), so concatenated streams decode
+/// whole; zstd likewise reads every frame. Both report a cut or damaged trailer as an error
+/// when read to the end, which is why readers must always drain them.
+pub fn decoder<'a, R: BufRead + 'a>(
+    inner: R,
+    compression: Compression,
+) -> io::Result<Box<dyn Read + 'a>> {
+    Ok(match compression {
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(inner)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(inner)?),
+        Compression::None => Box::new(inner),
+    })
+}
+
+/// Buffers a reader with our standard buffer size.
+pub fn buffered<'a, R: Read + 'a>(inner: R) -> BufReader<R> {
+    BufReader::with_capacity(IO_BUFFER, inner)
+}
+
+/// Reads until `buf` is full or the input ends, whatever sizes `read` returns.
+pub fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Returns reads of random small length, to catch code that assumes `read` fills the buffer.
+    pub struct ShortReader<R> {
+        inner: R,
+        state: u64,
+    }
+
+    impl<R: Read> ShortReader<R> {
+        pub fn new(inner: R, seed: u64) -> Self {
+            ShortReader {
+                inner,
+                state: seed | 1,
+            }
+        }
+    }
+
+    impl<R: Read> Read for ShortReader<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            // xorshift: deterministic, no dependency.
+            self.state ^= self.state << 13;
+            self.state ^= self.state >> 7;
+            self.state ^= self.state << 17;
+            let n = 1 + (self.state % 7) as usize;
+            let n = n.min(buf.len());
+            self.inner.read(&mut buf[..n])
+        }
+    }
+
+    fn sample() -> Vec<u8> {
+        (0..300_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 & 0x3f)
+            .collect()
+    }
+
+    fn encode(c: Compression) -> Vec<u8> {
+        let mut enc = Encoder::new(Vec::new(), c, c.default_level()).unwrap();
+        enc.write_all(&sample()).unwrap();
+        enc.finish().unwrap()
+    }
+
+    fn decode(c: Compression, bytes: &[u8]) -> io::Result<Vec<u8>> {
+        let short = ShortReader::new(bytes, 42);
+        let mut d = decoder(BufReader::with_capacity(64, short), c)?;
+        let mut out = Vec::new();
+        d.read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn round_trip_through_short_reads() {
+        for c in [Compression::Gzip, Compression::Zstd, Compression::None] {
+            assert_eq!(decode(c, &encode(c)).unwrap(), sample(), "{c}");
+        }
+    }
+
+    #[test]
+    fn cut_or_flipped_streams_fail_when_drained() {
+        for c in [Compression::Gzip, Compression::Zstd] {
+            let good = encode(c);
+            let cut = &good[..good.len() - 5];
+            assert!(decode(c, cut).is_err(), "{c}: cut trailer accepted");
+            let mut flipped = good.clone();
+            let i = flipped.len() / 2;
+            flipped[i] ^= 0x40;
+            match decode(c, &flipped) {
+                Err(_) => {}
+                Ok(out) => assert_ne!(out, sample(), "{c}: flip went unseen"),
+            }
+            let mut flipped_tail = good.clone();
+            let i = flipped_tail.len() - 3;
+            flipped_tail[i] ^= 0x01;
+            assert!(
+                decode(c, &flipped_tail).is_err(),
+                "{c}: checksum flip accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn concatenated_gzip_members_read_as_one_stream() {
+        let mut both = encode(Compression::Gzip);
+        both.extend(encode(Compression::Gzip));
+        let out = decode(Compression::Gzip, &both).unwrap();
+        assert_eq!(out.len(), 2 * sample().len());
+    }
+
+    #[test]
+    fn read_full_fills_despite_short_reads() {
+        let data = sample();
+        let mut r = ShortReader::new(&data[..], 7);
+        let mut buf = [0u8; 1000];
+        assert_eq!(read_full(&mut r, &mut buf).unwrap(), 1000);
+        assert_eq!(&buf[..], &data[..1000]);
+    }
+}

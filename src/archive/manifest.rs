@@ -1,0 +1,168 @@
+//! The two small JSON members: the cloud's `.metadata` and mxsnap's own manifest.
+//!
+//! The manifest is JSON Lines: a header object, then one object per member in archive order
+//! with its size and SHA-256. It is written to a spool file while the archive streams, so its
+//! memory cost does not grow with the number of files, and appended as the last member.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufWriter, Seek, Write};
+
+use serde::{Deserialize, Serialize};
+
+use super::Variant;
+
+/// `.metadata` as the cloud writes it: every value a string, keys in this order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Metadata {
+    /// Seconds the database dump took (the part of the work done when `.metadata` is written).
+    pub duration: String,
+    /// Bytes of `db/db.backup`.
+    pub dump_size: String,
+    pub model_version: String,
+    /// Bytes the live database occupied (`pg_database_size`).
+    pub database_size: String,
+    /// Bytes of all members under `tree/`.
+    pub files_size: String,
+}
+
+/// Largest `.metadata` we read; the real one is about 120 bytes.
+pub const METADATA_LIMIT: u64 = 64 * 1024;
+
+pub const MANIFEST_FORMAT: &str = "mxsnap-manifest";
+pub const MANIFEST_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestHeader {
+    pub format: String,
+    pub version: u32,
+    pub variant: Variant,
+    pub tool: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestEntry {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Collects manifest lines in a spool file while the archive is written.
+pub struct ManifestSpool {
+    out: BufWriter<File>,
+    len: u64,
+}
+
+impl ManifestSpool {
+    pub fn new(variant: Variant) -> io::Result<ManifestSpool> {
+        let mut spool = ManifestSpool {
+            out: BufWriter::new(tempfile::tempfile()?),
+            len: 0,
+        };
+        let header = ManifestHeader {
+            format: MANIFEST_FORMAT.to_string(),
+            version: MANIFEST_VERSION,
+            variant,
+            tool: format!("mxsnap {}", env!("CARGO_PKG_VERSION")),
+        };
+        spool.line(&serde_json::to_vec(&header).map_err(io::Error::other)?)?;
+        Ok(spool)
+    }
+
+    fn line(&mut self, json: &[u8]) -> io::Result<()> {
+        self.out.write_all(json)?;
+        self.out.write_all(b"\n")?;
+        self.len += json.len() as u64 + 1;
+        Ok(())
+    }
+
+    pub fn add(&mut self, entry: &ManifestEntry) -> io::Result<()> {
+        self.line(&serde_json::to_vec(entry).map_err(io::Error::other)?)
+    }
+
+    /// The finished manifest, rewound, and its length.
+    pub fn finish(self) -> io::Result<(File, u64)> {
+        let mut file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.rewind()?;
+        Ok((file, self.len))
+    }
+}
+
+/// Parses the manifest's first line.
+pub fn parse_header(line: &str) -> Result<ManifestHeader, String> {
+    let header: ManifestHeader =
+        serde_json::from_str(line).map_err(|e| format!("manifest header unreadable: {e}"))?;
+    if header.format != MANIFEST_FORMAT {
+        return Err(format!("manifest format is {:?}", header.format));
+    }
+    if header.version > MANIFEST_VERSION {
+        return Err(format!(
+            "manifest version {} is newer than this mxsnap understands ({MANIFEST_VERSION})",
+            header.version
+        ));
+    }
+    Ok(header)
+}
+
+/// Reads manifest entries line by line from `r` (after the header).
+pub fn read_entries<R: BufRead>(r: R) -> impl Iterator<Item = Result<ManifestEntry, String>> {
+    r.lines().filter_map(|line| match line {
+        Err(e) => Some(Err(format!("manifest unreadable: {e}"))),
+        Ok(l) if l.trim().is_empty() => None,
+        Ok(l) => Some(
+            serde_json::from_str::<ManifestEntry>(&l)
+                .map_err(|e| format!("manifest line {l:?} unreadable: {e}")),
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufReader, Read};
+
+    #[test]
+    fn metadata_matches_the_cloud_example() {
+        let m = Metadata {
+            duration: "0".into(),
+            dump_size: "94769".into(),
+            model_version: "1.0.0.40".into(),
+            database_size: "9730584".into(),
+            files_size: "1346575".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            r#"{"duration":"0","dumpSize":"94769","modelVersion":"1.0.0.40","databaseSize":"9730584","filesSize":"1346575"}"#
+        );
+        // Numbers where the cloud writes strings are refused.
+        assert!(
+            serde_json::from_str::<Metadata>(
+                r#"{"duration":0,"dumpSize":"1","modelVersion":"x","databaseSize":"1","filesSize":"1"}"#
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn spool_round_trip() {
+        let mut spool = ManifestSpool::new(Variant::Full).unwrap();
+        let e = ManifestEntry {
+            path: ".metadata".into(),
+            size: 3,
+            sha256: "ab".into(),
+        };
+        spool.add(&e).unwrap();
+        let (mut f, len) = spool.finish().unwrap();
+        let mut text = String::new();
+        f.read_to_string(&mut text).unwrap();
+        assert_eq!(text.len() as u64, len);
+        let mut lines = text.lines();
+        let header = parse_header(lines.next().unwrap()).unwrap();
+        assert_eq!(header.variant, Variant::Full);
+        let rest: String = lines.collect::<Vec<_>>().join("\n");
+        let entries: Vec<_> = read_entries(BufReader::new(rest.as_bytes()))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(entries, vec![e]);
+    }
+}

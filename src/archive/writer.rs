@@ -1,0 +1,262 @@
+//! Streams a snapshot tar: members are appended one at a time straight from their sources
+//! (a spooled dump, files of the store) through the compressor to the output. Each member is
+//! hashed on the way and recorded in the manifest spool.
+
+use std::io::{self, Read, Write};
+
+use sha2::{Digest, Sha256};
+
+use super::codec::{Encoder, IO_BUFFER};
+use super::layout::MANIFEST;
+use super::manifest::{ManifestEntry, ManifestSpool};
+use super::{Compression, Variant};
+use crate::progress::Progress;
+
+/// A writer that counts what passes through it.
+pub struct Counting<W> {
+    inner: W,
+    pub count: u64,
+}
+
+impl<W: Write> Counting<W> {
+    pub fn new(inner: W) -> Self {
+        Counting { inner, count: 0 }
+    }
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// What a finished archive amounts to.
+#[derive(Debug, Clone, Default)]
+pub struct Written {
+    pub members: u64,
+    /// Bytes of member content (before compression, without tar headers).
+    pub content_bytes: u64,
+    /// Bytes written to the output (after compression).
+    pub output_bytes: u64,
+}
+
+/// Writes one snapshot tar through a compressor.
+pub struct TarWriter<'p, W: Write> {
+    out: Encoder<Counting<W>>,
+    manifest: Option<ManifestSpool>,
+    buf: Vec<u8>,
+    written: Written,
+    progress: &'p dyn Progress,
+}
+
+/// A member's metadata as stored in its tar header.
+pub struct MemberInfo<'a> {
+    pub path: &'a str,
+    pub size: u64,
+    pub mode: u32,
+    pub mtime: u64,
+}
+
+impl<'p, W: Write> TarWriter<'p, W> {
+    /// `with_manifest: false` writes the strict cloud layout (no manifest member).
+    pub fn new(
+        out: W,
+        compression: Compression,
+        level: i32,
+        variant: Variant,
+        with_manifest: bool,
+        progress: &'p dyn Progress,
+    ) -> io::Result<Self> {
+        Ok(TarWriter {
+            out: Encoder::new(Counting::new(out), compression, level)?,
+            manifest: if with_manifest {
+                Some(ManifestSpool::new(variant)?)
+            } else {
+                None
+            },
+            buf: vec![0; IO_BUFFER],
+            written: Written::default(),
+            progress,
+        })
+    }
+
+    /// Appends a regular file member of exactly `info.size` bytes read from `data`.
+    ///
+    /// A source that ends early or holds more than `size` bytes is an error: the file changed
+    /// between the moment its size was taken and now, and the archive would lie.
+    pub fn append(&mut self, info: &MemberInfo<'_>, data: &mut dyn Read) -> io::Result<()> {
+        let sha = self.append_raw(info, data, true)?;
+        if let Some(manifest) = self.manifest.as_mut() {
+            manifest.add(&ManifestEntry {
+                path: info.path.to_string(),
+                size: info.size,
+                sha256: sha,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn append_raw(
+        &mut self,
+        info: &MemberInfo<'_>,
+        data: &mut dyn Read,
+        report: bool,
+    ) -> io::Result<String> {
+        let mut header = tar::Header::new_ustar();
+        header.set_path(info.path)?;
+        header.set_size(info.size);
+        header.set_mode(info.mode);
+        header.set_mtime(info.mtime);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        self.out.write_all(header.as_bytes())?;
+
+        let mut hasher = Sha256::new();
+        let mut left = info.size;
+        while left > 0 {
+            let want = left.min(self.buf.len() as u64) as usize;
+            let n = match data.read(&mut self.buf[..want]) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "{} shrank while being archived ({} of {} bytes read)",
+                            info.path,
+                            info.size - left,
+                            info.size
+                        ),
+                    ));
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            hasher.update(&self.buf[..n]);
+            self.out.write_all(&self.buf[..n])?;
+            left -= n as u64;
+            if report {
+                self.progress.advance(n as u64);
+            }
+        }
+        let mut probe = [0u8; 1];
+        if data.read(&mut probe)? != 0 {
+            return Err(io::Error::other(format!(
+                "{} grew while being archived (more than {} bytes)",
+                info.path, info.size
+            )));
+        }
+        let pad = (512 - (info.size % 512) as usize) % 512;
+        self.out.write_all(&[0u8; 512][..pad])?;
+        self.written.members += 1;
+        self.written.content_bytes += info.size;
+        Ok(hex(&hasher.finalize()))
+    }
+
+    /// Appends the manifest (unless strict), the end-of-archive blocks and the codec trailer,
+    /// and hands back the output writer, flushed. The caller syncs and renames it.
+    pub fn finish(mut self) -> io::Result<(W, Written)> {
+        if let Some(manifest) = self.manifest.take() {
+            let (mut file, len) = manifest.finish()?;
+            let info = MemberInfo {
+                path: MANIFEST,
+                size: len,
+                mode: 0o644,
+                mtime: now_secs(),
+            };
+            self.append_raw(&info, &mut file, false)?;
+        }
+        self.out.write_all(&[0u8; 1024])?;
+        let mut counting = self.out.finish()?;
+        counting.flush()?;
+        self.written.output_bytes = counting.count;
+        Ok((counting.into_inner(), self.written))
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::Silent;
+
+    fn info(path: &str, size: u64) -> MemberInfo<'_> {
+        MemberInfo {
+            path,
+            size,
+            mode: 0o644,
+            mtime: 1,
+        }
+    }
+
+    #[test]
+    fn writes_a_tar_that_the_tar_crate_reads_back() {
+        let mut w = TarWriter::new(
+            Vec::new(),
+            Compression::None,
+            0,
+            Variant::Files,
+            true,
+            &Silent,
+        )
+        .unwrap();
+        w.append(&info("tree/00/7", 5), &mut &b"hello"[..]).unwrap();
+        let (bytes, written) = w.finish().unwrap();
+        assert_eq!(written.members, 2);
+        let mut ar = tar::Archive::new(&bytes[..]);
+        let names: Vec<String> = ar
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(names, vec!["tree/00/7", MANIFEST]);
+    }
+
+    #[test]
+    fn a_source_that_changes_size_is_an_error() {
+        let mut w = TarWriter::new(
+            Vec::new(),
+            Compression::None,
+            0,
+            Variant::Files,
+            true,
+            &Silent,
+        )
+        .unwrap();
+        assert!(w.append(&info("tree/00/7", 6), &mut &b"hello"[..]).is_err());
+        let mut w = TarWriter::new(
+            Vec::new(),
+            Compression::None,
+            0,
+            Variant::Files,
+            true,
+            &Silent,
+        )
+        .unwrap();
+        assert!(w.append(&info("tree/00/7", 4), &mut &b"hello"[..]).is_err());
+    }
+}

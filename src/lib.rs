@@ -1,0 +1,11 @@
+//! mxsnap packages and restores application snapshots: a PostgreSQL dump plus the file objects
+//! the database references, in one streaming archive in the cloud's layout.
+//!
+//! The library never prints and never exits: it returns typed [`Error`]s and reports progress
+//! through [`progress::Progress`]. The `mxsnap` binary is a thin layer over it.
+
+pub mod archive;
+pub mod error;
+pub mod progress;
+
+pub use error::{Error, ErrorKind, Result};
