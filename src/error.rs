@@ -125,6 +125,12 @@ impl Error {
         }
     }
 
+    /// The same error, its message prefixed with what was being worked on.
+    pub fn context(mut self, what: impl std::fmt::Display) -> Error {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+
     pub fn with_hint(mut self, hint: impl Into<String>) -> Error {
         self.hint = Some(hint.into());
         self

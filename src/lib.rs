@@ -5,7 +5,12 @@
 //! through [`progress::Progress`]. The `mxsnap` binary is a thin layer over it.
 
 pub mod archive;
+pub mod check;
+pub mod create;
 pub mod error;
+pub mod files;
+pub mod output;
+pub mod pg;
 pub mod progress;
 
 pub use error::{Error, ErrorKind, Result};

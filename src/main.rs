@@ -1,1 +1,307 @@
-fn main() {}
+//! The `mxsnap` binary: parses arguments, calls the library, prints results and maps errors to
+//! the documented exit codes.
+
+mod cli;
+
+use std::fs::File;
+use std::io::{self, IsTerminal, Read};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use cli::{Cli, Command};
+use mxsnap::check::{self, Report};
+use mxsnap::create::{self, CreateOptions, CreateReport, Output};
+use mxsnap::pg::PgTools;
+use mxsnap::progress::Progress;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            if let Some(io) = err.downcast_ref::<io::Error>() {
+                if io.kind() == io::ErrorKind::BrokenPipe {
+                    return ExitCode::SUCCESS;
+                }
+            }
+            let (code, hint) = match err.downcast_ref::<mxsnap::Error>() {
+                Some(e) => (e.kind().exit_code(), e.hint().map(str::to_string)),
+                None => (1, None),
+            };
+            eprintln!("mxsnap: error: {err:#}");
+            if let Some(hint) = hint {
+                eprintln!("mxsnap: hint: {hint}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Progress on stderr: a bar on a terminal, log lines otherwise, nothing with --quiet.
+struct Reporter {
+    bar: Option<ProgressBar>,
+    quiet: bool,
+}
+
+impl Reporter {
+    fn new(quiet: bool) -> Reporter {
+        let bar = (!quiet && io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        Reporter { bar, quiet }
+    }
+
+    fn done(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Progress for Reporter {
+    fn stage(&self, name: &str, total: Option<u64>) {
+        if let Some(bar) = &self.bar {
+            bar.reset();
+            bar.set_length(total.unwrap_or(0));
+            let template = if total.is_some() {
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}"
+            } else {
+                "{spinner} {msg} {elapsed}"
+            };
+            bar.set_style(
+                ProgressStyle::with_template(template)
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            bar.set_message(name.to_string());
+        } else if !self.quiet {
+            eprintln!("mxsnap: {name}");
+        }
+    }
+
+    fn advance(&self, bytes: u64) {
+        if let Some(bar) = &self.bar {
+            bar.inc(bytes);
+        }
+    }
+
+    fn note(&self, message: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(format!("mxsnap: {message}")),
+            None if !self.quiet => eprintln!("mxsnap: {message}"),
+            None => {}
+        }
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Create(args) => run_create(args, cli.quiet),
+        Command::Inspect(args) => {
+            let reporter = Reporter::new(cli.quiet);
+            let (input, size) = open_input(&args.archive)?;
+            reporter.stage("reading", size);
+            let report = check::inspect(input, &reporter);
+            reporter.done();
+            let report =
+                report.with_context(|| format!("inspecting {}", args.archive.display()))?;
+            print_report(&args.archive, &report, args.json, false)
+        }
+        Command::Verify(args) => {
+            let reporter = Reporter::new(cli.quiet);
+            let tools = PgTools::find(args.pg_bin.as_deref())?;
+            let (input, size) = open_input(&args.read.archive)?;
+            reporter.stage("verifying", size);
+            let report = check::verify(input, &tools, &reporter);
+            reporter.done();
+            let report =
+                report.with_context(|| format!("verifying {}", args.read.archive.display()))?;
+            print_report(&args.read.archive, &report, args.read.json, true)
+        }
+    }
+}
+
+fn open_input(path: &Path) -> anyhow::Result<(Box<dyn Read>, Option<u64>)> {
+    if path == Path::new("-") {
+        return Ok((Box::new(io::stdin().lock()), None));
+    }
+    let file = File::open(path).map_err(|e| {
+        let err = if e.kind() == io::ErrorKind::NotFound {
+            mxsnap::Error::usage(format!("{}: no such file", path.display()))
+        } else {
+            mxsnap::Error::io(format!("opening {}", path.display()), e)
+        };
+        anyhow::Error::new(err)
+    })?;
+    let size = file.metadata().ok().map(|m| m.len());
+    Ok((Box::new(file), size))
+}
+
+fn run_create(args: &cli::CreateArgs, quiet: bool) -> anyhow::Result<()> {
+    let output = if args.output == Path::new("-") {
+        if io::stdout().is_terminal() {
+            anyhow::bail!(mxsnap::Error::usage(
+                "refusing to write an archive to a terminal; redirect stdout or use --output FILE"
+            ));
+        }
+        Output::Stdout
+    } else {
+        Output::Path(args.output.clone())
+    };
+    let json_to_stdout = args.json && matches!(output, Output::Path(_));
+    if args.json && !json_to_stdout {
+        anyhow::bail!(mxsnap::Error::usage(
+            "--json prints on stdout, which --output - already uses for the archive"
+        ));
+    }
+    let opts = CreateOptions {
+        database: args.database.clone(),
+        files: args.files.clone(),
+        output,
+        variant: args.variant,
+        compression: args.compression,
+        level: args.level,
+        model_version: args.model_version.clone(),
+        comment: args.comment.clone(),
+        all_files: args.all_files,
+        strict_layout: args.strict_layout,
+        pg_bin: args.pg_bin.clone(),
+        force: args.force,
+    };
+    let reporter = Reporter::new(quiet);
+    let report = create::create(&opts, &reporter);
+    reporter.done();
+    let report = report.context("creating the snapshot")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if !quiet {
+        print_create(&report);
+    }
+    Ok(())
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+fn print_create(r: &CreateReport) {
+    for w in &r.warnings {
+        eprintln!("mxsnap: warning: {w}");
+    }
+    let target = r
+        .output
+        .as_ref()
+        .map_or("standard output".to_string(), |p| p.display().to_string());
+    eprintln!(
+        "mxsnap: wrote {} snapshot to {target}: {} members, {} of content, {} written ({}), {:.1} s",
+        r.variant,
+        r.members,
+        human(r.content_bytes),
+        human(r.output_bytes),
+        r.compression,
+        r.seconds
+    );
+    if let Some(c) = &r.files {
+        eprintln!(
+            "mxsnap: files ({}): {} referenced, {} included, {} missing, {} orphaned, {} \
+             delete-after-download left out, {} in the legacy layout",
+            r.file_selection.unwrap_or("all"),
+            c.referenced,
+            c.included,
+            c.missing,
+            c.orphaned,
+            c.delete_after_download,
+            c.legacy_layout
+        );
+    }
+    eprintln!("mxsnap: sha256 {}", r.output_sha256);
+}
+
+fn print_report(path: &Path, r: &Report, json: bool, verified: bool) -> anyhow::Result<()> {
+    if json {
+        let mut value = serde_json::to_value(r)?;
+        value["archive"] = serde_json::Value::String(path.display().to_string());
+        if verified {
+            value["ok"] = serde_json::Value::Bool(true);
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    println!("archive:      {}", path.display());
+    let variant = match r.variant {
+        mxsnap::archive::Variant::Full => "full (files and database)",
+        mxsnap::archive::Variant::Database => "database only",
+        mxsnap::archive::Variant::Files => "files only",
+    };
+    println!("variant:      {variant}");
+    println!("compression:  {}", r.compression);
+    println!(
+        "members:      {} ({} of content)",
+        r.members,
+        human(r.content_bytes)
+    );
+    if let Some(m) = &r.metadata {
+        println!(
+            ".metadata:    modelVersion {}, dumpSize {}, databaseSize {}, filesSize {}, duration {} s",
+            m.model_version, m.dump_size, m.database_size, m.files_size, m.duration
+        );
+    }
+    if let Some(d) = &r.dump {
+        println!(
+            "dump:         archive version {} ({} format, data compression {}), {} bytes",
+            d.archive_version,
+            d.format,
+            d.compression,
+            r.dump_size.unwrap_or(0)
+        );
+        println!(
+            "              database {}, server {}, pg_dump {}, created {}",
+            d.database.as_deref().unwrap_or("?"),
+            d.server_version.as_deref().unwrap_or("?"),
+            d.pg_dump_version.as_deref().unwrap_or("?"),
+            d.created.as_deref().unwrap_or("?")
+        );
+    }
+    if r.variant != mxsnap::archive::Variant::Database {
+        println!(
+            "files:        {} in tree/ ({})",
+            r.tree_files,
+            human(r.tree_bytes)
+        );
+        println!(
+            "manifest:     {}",
+            if r.manifest { "present" } else { "absent" }
+        );
+    }
+    if let Some(c) = &r.manifest_comment {
+        println!("comment:      {c}");
+    }
+    for w in &r.warnings {
+        println!("warning:      {w}");
+    }
+    if verified {
+        for c in &r.checks {
+            println!("check:        ok: {c}");
+        }
+        println!("result:       OK, the archive is complete and intact");
+    }
+    Ok(())
+}

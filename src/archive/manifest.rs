@@ -38,6 +38,8 @@ pub struct ManifestHeader {
     pub version: u32,
     pub variant: Variant,
     pub tool: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,7 +56,7 @@ pub struct ManifestSpool {
 }
 
 impl ManifestSpool {
-    pub fn new(variant: Variant) -> io::Result<ManifestSpool> {
+    pub fn new(variant: Variant, comment: Option<&str>) -> io::Result<ManifestSpool> {
         let mut spool = ManifestSpool {
             out: BufWriter::new(tempfile::tempfile()?),
             len: 0,
@@ -64,6 +66,7 @@ impl ManifestSpool {
             version: MANIFEST_VERSION,
             variant,
             tool: format!("mxsnap {}", env!("CARGO_PKG_VERSION")),
+            comment: comment.map(str::to_string),
         };
         spool.line(&serde_json::to_vec(&header).map_err(io::Error::other)?)?;
         Ok(spool)
@@ -145,7 +148,7 @@ mod tests {
 
     #[test]
     fn spool_round_trip() {
-        let mut spool = ManifestSpool::new(Variant::Full).unwrap();
+        let mut spool = ManifestSpool::new(Variant::Full, Some("c")).unwrap();
         let e = ManifestEntry {
             path: ".metadata".into(),
             size: 3,

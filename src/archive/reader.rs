@@ -127,15 +127,11 @@ pub fn walk_tar(content: &mut dyn Read, visitor: &mut dyn Visitor) -> Result<Wal
         visitor.finished(&member, size, &sha)?;
     }
     drop(archive);
-    // The tar crate stops at a zero block *or* at the end of input; only the first is a whole
-    // archive. A zero block after the last member's data means the marker was there.
-    if count.get() < data_end + 512 {
-        return Err(Error::corrupt(
-            "the tar stream ends without its end-of-archive marker: the archive is truncated",
-        )
-        .with_hint("the file was cut short; download or copy it again"));
-    }
-    // Read to the end: the rest must be zero padding, and the decompressor checks its trailer.
+    // The tar crate stops at a zero block *or* at the end of input, so a cut archive can look
+    // whole to it. Every tar writer ends with two zero blocks after the last member's data;
+    // count what follows and insist on them. The rest must be zero padding, and reading it to
+    // the end makes the decompressor check its trailer.
+    let mut total = count.get();
     loop {
         match content.read(&mut buf) {
             Ok(0) => break,
@@ -145,10 +141,17 @@ pub fn walk_tar(content: &mut dyn Read, visitor: &mut dyn Visitor) -> Result<Wal
                         "unexpected data after the end of the tar archive",
                     ));
                 }
+                total += n as u64;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(Error::reading("reading the end of the archive", e)),
         }
+    }
+    if total < data_end + 1024 {
+        return Err(Error::corrupt(
+            "the tar stream ends without its end-of-archive marker: the archive is truncated",
+        )
+        .with_hint("the file was cut short; download or copy it again"));
     }
     Ok(walked)
 }
@@ -232,7 +235,7 @@ mod tests {
     fn truncation_anywhere_is_caught() {
         let t = tar(&[(".metadata", F, b"{}"), ("tree/00/7", F, &[7u8; 3000])]);
         // Cut inside data, at a header boundary, and just before the end marker.
-        for cut in [1500, 1024, 512 * 3, 512 * 6, t.len() - 1024] {
+        for cut in [1500, 1024, 512 * 3, 512 * 6, t.len() - 1024, t.len() - 10] {
             let err = walk(&t[..cut]).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::Corrupt, "cut at {cut}: {err}");
         }

@@ -12,25 +12,29 @@ use super::manifest::{ManifestEntry, ManifestSpool};
 use super::{Compression, Variant};
 use crate::progress::Progress;
 
-/// A writer that counts what passes through it.
-pub struct Counting<W> {
+/// A writer that counts and hashes what passes through it: the archive's own size and
+/// SHA-256, as a catalogue records them.
+pub struct Tally<W> {
     inner: W,
-    pub count: u64,
+    count: u64,
+    hasher: Sha256,
 }
 
-impl<W: Write> Counting<W> {
+impl<W: Write> Tally<W> {
     pub fn new(inner: W) -> Self {
-        Counting { inner, count: 0 }
-    }
-    pub fn into_inner(self) -> W {
-        self.inner
+        Tally {
+            inner,
+            count: 0,
+            hasher: Sha256::new(),
+        }
     }
 }
 
-impl<W: Write> Write for Counting<W> {
+impl<W: Write> Write for Tally<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.count += n as u64;
+        self.hasher.update(&buf[..n]);
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -46,11 +50,25 @@ pub struct Written {
     pub content_bytes: u64,
     /// Bytes written to the output (after compression).
     pub output_bytes: u64,
+    /// SHA-256 of the output, as written.
+    pub output_sha256: String,
+}
+
+/// How to write a snapshot tar.
+#[derive(Debug, Clone)]
+pub struct TarOptions {
+    pub compression: Compression,
+    pub level: i32,
+    pub variant: Variant,
+    /// False writes the strict cloud layout: no manifest member.
+    pub manifest: bool,
+    /// Recorded in the manifest header.
+    pub comment: Option<String>,
 }
 
 /// Writes one snapshot tar through a compressor.
 pub struct TarWriter<'p, W: Write> {
-    out: Encoder<Counting<W>>,
+    out: Encoder<Tally<W>>,
     manifest: Option<ManifestSpool>,
     buf: Vec<u8>,
     written: Written,
@@ -66,19 +84,14 @@ pub struct MemberInfo<'a> {
 }
 
 impl<'p, W: Write> TarWriter<'p, W> {
-    /// `with_manifest: false` writes the strict cloud layout (no manifest member).
-    pub fn new(
-        out: W,
-        compression: Compression,
-        level: i32,
-        variant: Variant,
-        with_manifest: bool,
-        progress: &'p dyn Progress,
-    ) -> io::Result<Self> {
+    pub fn new(out: W, options: &TarOptions, progress: &'p dyn Progress) -> io::Result<Self> {
         Ok(TarWriter {
-            out: Encoder::new(Counting::new(out), compression, level)?,
-            manifest: if with_manifest {
-                Some(ManifestSpool::new(variant)?)
+            out: Encoder::new(Tally::new(out), options.compression, options.level)?,
+            manifest: if options.manifest {
+                Some(ManifestSpool::new(
+                    options.variant,
+                    options.comment.as_deref(),
+                )?)
             } else {
                 None
             },
@@ -176,10 +189,11 @@ impl<'p, W: Write> TarWriter<'p, W> {
             self.append_raw(&info, &mut file, false)?;
         }
         self.out.write_all(&[0u8; 1024])?;
-        let mut counting = self.out.finish()?;
-        counting.flush()?;
-        self.written.output_bytes = counting.count;
-        Ok((counting.into_inner(), self.written))
+        let mut tally = self.out.finish()?;
+        tally.flush()?;
+        self.written.output_bytes = tally.count;
+        self.written.output_sha256 = hex(&tally.hasher.finalize());
+        Ok((tally.inner, self.written))
     }
 }
 
@@ -204,6 +218,16 @@ mod tests {
     use super::*;
     use crate::progress::Silent;
 
+    fn options() -> TarOptions {
+        TarOptions {
+            compression: Compression::None,
+            level: 0,
+            variant: Variant::Files,
+            manifest: true,
+            comment: None,
+        }
+    }
+
     fn info(path: &str, size: u64) -> MemberInfo<'_> {
         MemberInfo {
             path,
@@ -215,15 +239,7 @@ mod tests {
 
     #[test]
     fn writes_a_tar_that_the_tar_crate_reads_back() {
-        let mut w = TarWriter::new(
-            Vec::new(),
-            Compression::None,
-            0,
-            Variant::Files,
-            true,
-            &Silent,
-        )
-        .unwrap();
+        let mut w = TarWriter::new(Vec::new(), &options(), &Silent).unwrap();
         w.append(&info("tree/00/7", 5), &mut &b"hello"[..]).unwrap();
         let (bytes, written) = w.finish().unwrap();
         assert_eq!(written.members, 2);
@@ -238,25 +254,9 @@ mod tests {
 
     #[test]
     fn a_source_that_changes_size_is_an_error() {
-        let mut w = TarWriter::new(
-            Vec::new(),
-            Compression::None,
-            0,
-            Variant::Files,
-            true,
-            &Silent,
-        )
-        .unwrap();
+        let mut w = TarWriter::new(Vec::new(), &options(), &Silent).unwrap();
         assert!(w.append(&info("tree/00/7", 6), &mut &b"hello"[..]).is_err());
-        let mut w = TarWriter::new(
-            Vec::new(),
-            Compression::None,
-            0,
-            Variant::Files,
-            true,
-            &Silent,
-        )
-        .unwrap();
+        let mut w = TarWriter::new(Vec::new(), &options(), &Silent).unwrap();
         assert!(w.append(&info("tree/00/7", 4), &mut &b"hello"[..]).is_err());
     }
 }

@@ -1,0 +1,496 @@
+//! `inspect` and `verify`: read an archive (any variant, any compression, from a file or a
+//! pipe) from end to end. `inspect` describes it; `verify` also proves it intact: every
+//! member's checksum against the manifest, `.metadata` against the members, the dump through
+//! `pg_restore`, and the compressed stream through its trailer.
+
+use std::io::{BufRead, BufReader, Read};
+
+use serde::Serialize;
+
+use crate::archive::detect::{self, Container};
+use crate::archive::dump_header::{self, DumpHeader};
+use crate::archive::layout::{DUMP, METADATA, Member};
+use crate::archive::manifest::{self, METADATA_LIMIT, ManifestEntry, ManifestSpool, Metadata};
+use crate::archive::reader::{Visitor, walk_tar};
+use crate::archive::{Compression, Variant};
+use crate::error::{Error, Result};
+use crate::pg::PgTools;
+use crate::progress::Progress;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub variant: Variant,
+    pub compression: Compression,
+    pub container: Container,
+    /// `.metadata`, when the archive has one.
+    pub metadata: Option<Metadata>,
+    /// Content members (files of the tar, or 1 for a bare dump); directories not counted.
+    pub members: u64,
+    pub content_bytes: u64,
+    pub dump_size: Option<u64>,
+    pub dump: Option<DumpHeader>,
+    pub tree_files: u64,
+    pub tree_bytes: u64,
+    /// Whether mxsnap's manifest is present.
+    pub manifest: bool,
+    pub manifest_comment: Option<String>,
+    /// Checks that passed (verify only).
+    pub checks: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Reports raw input bytes as progress.
+struct ProgressReader<'p, R> {
+    inner: R,
+    progress: &'p dyn Progress,
+}
+
+impl<R: Read> Read for ProgressReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.advance(n as u64);
+        Ok(n)
+    }
+}
+
+/// Describes the archive read from `input`.
+pub fn inspect(input: Box<dyn Read + '_>, progress: &dyn Progress) -> Result<Report> {
+    examine(input, None, progress)
+}
+
+/// Proves the archive read from `input` complete and intact, or says what is wrong.
+/// `tools` supplies the `pg_restore` that reads the dump.
+pub fn verify(
+    input: Box<dyn Read + '_>,
+    tools: &PgTools,
+    progress: &dyn Progress,
+) -> Result<Report> {
+    examine(input, Some(tools), progress)
+}
+
+fn examine(
+    input: Box<dyn Read + '_>,
+    tools: Option<&PgTools>,
+    progress: &dyn Progress,
+) -> Result<Report> {
+    let input: Box<dyn Read + '_> = Box::new(ProgressReader {
+        inner: input,
+        progress,
+    });
+    let opened = detect::open(input)?;
+    let d = opened.detected.clone();
+    match d.container {
+        Container::Dump => examine_dump(opened, tools),
+        Container::Tar => examine_tar(opened, tools),
+    }
+}
+
+fn examine_dump(opened: detect::Opened<'_>, tools: Option<&PgTools>) -> Result<Report> {
+    let header = dump_header::parse(&opened.head)?;
+    let mut content = opened.content;
+    let mut counted = CountingReader {
+        inner: &mut content,
+        count: 0,
+    };
+    let mut checks = Vec::new();
+    match tools {
+        Some(tools) => {
+            tools.check_dump(&mut counted)?;
+            checks.push("pg_restore reads the whole dump".to_string());
+            if opened.detected.compression != Compression::None {
+                checks.push(format!(
+                    "{} stream complete, trailer checksum good",
+                    opened.detected.compression
+                ));
+            }
+        }
+        None => {
+            std::io::copy(&mut counted, &mut std::io::sink())
+                .map_err(|e| Error::reading("reading the dump", e))?;
+        }
+    }
+    let size = counted.count;
+    let mut warnings = Vec::new();
+    if !header.cloud_accepts() {
+        warnings.push(format!(
+            "dump archive version {} is newer than the cloud accepts (1.15 at most)",
+            header.archive_version
+        ));
+    }
+    Ok(Report {
+        variant: Variant::Database,
+        compression: opened.detected.compression,
+        container: Container::Dump,
+        metadata: None,
+        members: 1,
+        content_bytes: size,
+        dump_size: Some(size),
+        dump: Some(header),
+        tree_files: 0,
+        tree_bytes: 0,
+        manifest: false,
+        manifest_comment: None,
+        checks,
+        warnings,
+    })
+}
+
+struct CountingReader<'a> {
+    inner: &'a mut dyn Read,
+    count: u64,
+}
+
+impl Read for CountingReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// Gathers what the walk sees.
+struct Examiner<'t> {
+    tools: Option<&'t PgTools>,
+    /// Checksums as computed, in archive order, for the lock-step comparison with the manifest.
+    computed: Option<ManifestSpool>,
+    order: Vec<&'static str>,
+    metadata: Option<Metadata>,
+    metadata_error: Option<String>,
+    dump: Option<DumpHeader>,
+    dump_size: Option<u64>,
+    tree_files: u64,
+    tree_bytes: u64,
+    manifest: bool,
+    manifest_comment: Option<String>,
+    manifest_checked: u64,
+    checks: Vec<String>,
+}
+
+impl Examiner<'_> {
+    fn verifying(&self) -> bool {
+        self.tools.is_some()
+    }
+
+    fn read_metadata(&mut self, data: &mut dyn Read) -> Result<()> {
+        let mut text = Vec::new();
+        data.take(METADATA_LIMIT)
+            .read_to_end(&mut text)
+            .map_err(|e| Error::reading("reading .metadata", e))?;
+        match serde_json::from_slice::<Metadata>(&text) {
+            Ok(m) => self.metadata = Some(m),
+            Err(e) => self.metadata_error = Some(format!(".metadata is not valid: {e}")),
+        }
+        Ok(())
+    }
+
+    fn read_dump(&mut self, data: &mut dyn Read) -> Result<()> {
+        let mut head = vec![0u8; 4096];
+        let n = crate::archive::codec::read_full(data, &mut head)
+            .map_err(|e| Error::reading("reading db/db.backup", e))?;
+        head.truncate(n);
+        let header = dump_header::parse(&head).map_err(|e| {
+            Error::corrupt(format!(
+                "db/db.backup is not a usable dump: {}",
+                e.message()
+            ))
+        })?;
+        self.dump = Some(header);
+        if let Some(tools) = self.tools {
+            let mut rejoined = std::io::Cursor::new(head).chain(data);
+            tools
+                .check_dump(&mut rejoined)
+                .map_err(|e| e.context(crate::archive::layout::DUMP))?;
+            self.checks
+                .push("pg_restore reads the whole of db/db.backup".to_string());
+        }
+        Ok(())
+    }
+
+    fn read_manifest(&mut self, data: &mut dyn Read) -> Result<()> {
+        self.manifest = true;
+        let mut lines = BufReader::new(data);
+        let mut first = String::new();
+        lines
+            .read_line(&mut first)
+            .map_err(|e| Error::reading("reading the manifest", e))?;
+        let header = manifest::parse_header(first.trim_end())
+            .map_err(|e| Error::corrupt(format!("the manifest is damaged: {e}")))?;
+        self.manifest_comment = header.comment;
+        let Some(computed) = self.computed.take() else {
+            return Ok(());
+        };
+        let (file, _) = computed
+            .finish()
+            .map_err(|e| Error::io("reading back computed checksums", e))?;
+        let mut seen = BufReader::new(file);
+        let mut skip = String::new();
+        seen.read_line(&mut skip)
+            .map_err(|e| Error::io("reading back computed checksums", e))?;
+        let mut expected = manifest::read_entries(lines).peekable();
+        let mut actual = manifest::read_entries(seen).peekable();
+        let mut problems = Vec::new();
+        // Both lists are in the order mxsnap writes (.metadata, db/db.backup, tree/ sorted):
+        // a merge join names a missing or an extra member instead of every one after it.
+        loop {
+            let want = match expected.peek() {
+                Some(Err(e)) => {
+                    return Err(Error::corrupt(format!("the manifest is damaged: {e}")));
+                }
+                Some(Ok(w)) => Some(w.clone()),
+                None => None,
+            };
+            let got = match actual.peek() {
+                Some(Err(e)) => {
+                    return Err(Error::io(
+                        "reading back checksums",
+                        std::io::Error::other(e.clone()),
+                    ));
+                }
+                Some(Ok(g)) => Some(g.clone()),
+                None => None,
+            };
+            match (want, got) {
+                (None, None) => break,
+                (Some(w), g)
+                    if g.as_ref()
+                        .is_none_or(|g| order_key(&w.path) < order_key(&g.path)) =>
+                {
+                    problems.push(format!(
+                        "member {} is listed in the manifest but missing from the archive",
+                        w.path
+                    ));
+                    expected.next();
+                }
+                (w, Some(g))
+                    if w.as_ref()
+                        .is_none_or(|w| order_key(&g.path) < order_key(&w.path)) =>
+                {
+                    problems.push(format!(
+                        "member {} is in the archive but not in the manifest",
+                        g.path
+                    ));
+                    actual.next();
+                }
+                (Some(w), Some(g)) => {
+                    self.manifest_checked += 1;
+                    if let Some(p) = compare(&w, &g) {
+                        problems.push(p);
+                    }
+                    expected.next();
+                    actual.next();
+                }
+                _ => unreachable!("one side is present"),
+            }
+            if problems.len() >= 10 {
+                problems.push("(further differences not listed)".into());
+                break;
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Error::corrupt(format!(
+                "the archive does not match its manifest:\n  {}",
+                problems.join("\n  ")
+            ))
+            .with_hint("the archive was damaged or altered after it was made; use another copy"));
+        }
+        Ok(())
+    }
+}
+
+/// The order mxsnap writes members in.
+fn order_key(path: &str) -> (u8, &str) {
+    match path {
+        METADATA => (0, path),
+        DUMP => (1, path),
+        _ => (2, path),
+    }
+}
+
+fn compare(want: &ManifestEntry, got: &ManifestEntry) -> Option<String> {
+    if want.path != got.path {
+        return Some(format!(
+            "the manifest expects member {} where the archive has {}",
+            want.path, got.path
+        ));
+    }
+    if want.size != got.size {
+        return Some(format!(
+            "member {} has {} bytes; the manifest says {}",
+            got.path, got.size, want.size
+        ));
+    }
+    if want.sha256 != got.sha256 {
+        return Some(format!(
+            "member {} has SHA-256 {}; the manifest says {}",
+            got.path, got.sha256, want.sha256
+        ));
+    }
+    None
+}
+
+impl Visitor for Examiner<'_> {
+    fn content(&mut self, member: &Member, _size: u64, data: &mut dyn Read) -> Result<()> {
+        match member {
+            Member::Metadata => self.read_metadata(data),
+            Member::Dump => self.read_dump(data),
+            Member::Manifest => self.read_manifest(data),
+            Member::TreeFile(_) | Member::Directory => Ok(()),
+        }
+    }
+
+    fn finished(&mut self, member: &Member, size: u64, sha256: &str) -> Result<()> {
+        match member {
+            Member::Metadata => self.order.push("metadata"),
+            Member::Dump => {
+                self.order.push("dump");
+                self.dump_size = Some(size);
+            }
+            Member::TreeFile(_) => {
+                if self.order.last() != Some(&"tree") {
+                    self.order.push("tree");
+                }
+                self.tree_files += 1;
+                self.tree_bytes += size;
+            }
+            Member::Manifest | Member::Directory => return Ok(()),
+        }
+        if let Some(spool) = self.computed.as_mut() {
+            spool
+                .add(&ManifestEntry {
+                    path: member.path(),
+                    size,
+                    sha256: sha256.to_string(),
+                })
+                .map_err(|e| Error::io("spooling checksums", e))?;
+        }
+        Ok(())
+    }
+}
+
+fn examine_tar(opened: detect::Opened<'_>, tools: Option<&PgTools>) -> Result<Report> {
+    let compression = opened.detected.compression;
+    let mut ex = Examiner {
+        tools,
+        computed: if tools.is_some() {
+            Some(
+                ManifestSpool::new(Variant::Full, None)
+                    .map_err(|e| Error::io("creating a checksum spool", e))?,
+            )
+        } else {
+            None
+        },
+        order: Vec::new(),
+        metadata: None,
+        metadata_error: None,
+        dump: None,
+        dump_size: None,
+        tree_files: 0,
+        tree_bytes: 0,
+        manifest: false,
+        manifest_comment: None,
+        manifest_checked: 0,
+        checks: Vec::new(),
+    };
+    let mut content = opened.content;
+    let walked = walk_tar(&mut content, &mut ex)?;
+    let has_metadata = ex.order.contains(&"metadata");
+    let has_dump = ex.dump_size.is_some();
+    let variant = if has_metadata || has_dump {
+        Variant::Full
+    } else {
+        Variant::Files
+    };
+    let mut warnings = Vec::new();
+    if ex.verifying() {
+        ex.checks.push(format!(
+            "tar structure complete: {} members, names follow the layout, no links, no \
+             duplicates, end-of-archive marker present",
+            walked.members
+        ));
+        if compression != Compression::None {
+            ex.checks.push(format!(
+                "{compression} stream complete, trailer checksum good"
+            ));
+        }
+        if variant == Variant::Full {
+            if !has_metadata {
+                return Err(Error::corrupt(format!(
+                    "the archive has {DUMP} but no {METADATA}: a full snapshot needs both"
+                )));
+            }
+            if !has_dump {
+                return Err(Error::corrupt(format!(
+                    "the archive has {METADATA} but no {DUMP}: the database dump is missing"
+                )));
+            }
+            if let Some(e) = &ex.metadata_error {
+                return Err(Error::corrupt(e.clone()));
+            }
+            let m = ex.metadata.as_ref().expect("parsed");
+            let dump_size = ex.dump_size.unwrap_or(0);
+            if m.dump_size.parse::<u64>().ok() != Some(dump_size) {
+                return Err(Error::corrupt(format!(
+                    ".metadata says dumpSize {} but {DUMP} has {dump_size} bytes",
+                    m.dump_size
+                )));
+            }
+            if m.files_size.parse::<u64>().ok() != Some(ex.tree_bytes) {
+                return Err(Error::corrupt(format!(
+                    ".metadata says filesSize {} but tree/ holds {} bytes",
+                    m.files_size, ex.tree_bytes
+                )));
+            }
+            ex.checks
+                .push(".metadata agrees with db/db.backup and tree/ sizes".to_string());
+            let cloud_order: Vec<&str> = ["metadata", "dump", "tree"]
+                .into_iter()
+                .filter(|k| ex.order.contains(k))
+                .collect();
+            if ex.order != cloud_order {
+                warnings.push(format!(
+                    "members are not in the cloud's order (.metadata, db/db.backup, tree/): \
+                     found {:?}",
+                    ex.order
+                ));
+            }
+        }
+        if ex.manifest {
+            ex.checks.push(format!(
+                "manifest matches: {} members, sizes and SHA-256",
+                ex.manifest_checked
+            ));
+        } else {
+            warnings.push(
+                "no manifest present (a cloud-made or --strict-layout archive): member \
+                 checksums could not be checked, everything else was"
+                    .to_string(),
+            );
+        }
+    } else if let Some(e) = &ex.metadata_error {
+        warnings.push(e.clone());
+    }
+    if let Some(h) = &ex.dump {
+        if !h.cloud_accepts() {
+            warnings.push(format!(
+                "dump archive version {} is newer than the cloud accepts (1.15 at most)",
+                h.archive_version
+            ));
+        }
+    }
+    Ok(Report {
+        variant,
+        compression,
+        container: Container::Tar,
+        metadata: ex.metadata,
+        members: walked.members,
+        content_bytes: walked.content_bytes,
+        dump_size: ex.dump_size,
+        dump: ex.dump,
+        tree_files: ex.tree_files,
+        tree_bytes: ex.tree_bytes,
+        manifest: ex.manifest,
+        manifest_comment: ex.manifest_comment,
+        checks: ex.checks,
+        warnings,
+    })
+}

@@ -1,0 +1,97 @@
+//! Command-line arguments. Parsing only: every command hands its options to the library.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use mxsnap::archive::{Compression, Variant};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mxsnap",
+    version,
+    about = "Package, verify and restore application snapshots: a PostgreSQL dump plus its file \
+             objects, in the cloud's archive layout",
+    after_help = "Exit codes: 0 success, 1 other failure, 2 usage, 3 not an archive, \
+                  4 corrupt archive, 5 environment (database, tools, disk), 6 not allowed \
+                  (target in use)."
+)]
+pub struct Cli {
+    /// Print nothing but errors (and the --json object).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Make a snapshot archive of a database and its file store.
+    Create(CreateArgs),
+    /// Describe an archive: variant, compression, .metadata, members, dump header.
+    Inspect(ReadArgs),
+    /// Check that an archive is complete and intact; exit 0 only if it is.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// PostgreSQL URL or key=value string (libpq's forms, e.g.
+    /// postgresql://user@host:5432/db or postgresql:///db?host=/socket/dir). Without it,
+    /// PGHOST, PGPORT, PGUSER, PGPASSWORD and PGDATABASE are used.
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
+    /// The app's uploaded-files directory (data/files).
+    #[arg(long, value_name = "DIR")]
+    pub files: Option<PathBuf>,
+    /// A file, a directory (the file is named as the cloud names it), or - for stdout.
+    #[arg(long, short, value_name = "FILE|DIR|-")]
+    pub output: PathBuf,
+    #[arg(long, default_value = "full", value_name = "full|database|files")]
+    pub variant: Variant,
+    #[arg(long, default_value = "gzip", value_name = "gzip|zstd|none")]
+    pub compression: Compression,
+    /// Compression level (gzip 0-9, default 6; zstd 1-22, default 3).
+    #[arg(long, value_name = "N")]
+    pub level: Option<i32>,
+    /// The app's model version, recorded in .metadata (default "unknown").
+    #[arg(long, value_name = "V")]
+    pub model_version: Option<String>,
+    /// A comment, recorded in the manifest.
+    #[arg(long, value_name = "TEXT")]
+    pub comment: Option<String>,
+    /// Pack every file of the store, not only those system$filedocument references.
+    #[arg(long)]
+    pub all_files: bool,
+    /// Write only the cloud's members (no manifest).
+    #[arg(long)]
+    pub strict_layout: bool,
+    /// Directory holding pg_dump and pg_restore (default: PATH, then /usr/lib/postgresql/*/bin).
+    #[arg(long, value_name = "DIR")]
+    pub pg_bin: Option<PathBuf>,
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Print one JSON summary object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReadArgs {
+    /// The archive, or - for standard input.
+    #[arg(value_name = "ARCHIVE|-")]
+    pub archive: PathBuf,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub read: ReadArgs,
+    /// Directory holding pg_restore (default: PATH, then /usr/lib/postgresql/*/bin).
+    #[arg(long, value_name = "DIR")]
+    pub pg_bin: Option<PathBuf>,
+}

@@ -1,0 +1,10 @@
+//! Everything that talks to PostgreSQL: connection settings as libpq understands them, the
+//! control queries (over tokio-postgres), and the `pg_dump`/`pg_restore` clients.
+
+pub mod conn;
+pub mod query;
+pub mod tools;
+
+pub use conn::ConnSpec;
+pub use query::{FileDocument, Session};
+pub use tools::PgTools;

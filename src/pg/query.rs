@@ -1,0 +1,135 @@
+//! Control queries over one tokio-postgres connection, driven by a small current-thread
+//! runtime so the rest of mxsnap stays synchronous.
+
+use tokio::runtime::Runtime;
+use tokio_postgres::{Client, NoTls};
+
+use super::ConnSpec;
+use crate::error::{Error, Result};
+
+/// One row of `system$filedocument`, reduced to what decides where the file lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileDocument {
+    pub uuid: Option<String>,
+    /// The legacy numeric name (`__filename__`).
+    pub number: Option<i64>,
+    pub has_contents: bool,
+    pub delete_after_download: bool,
+}
+
+pub struct Session {
+    runtime: Runtime,
+    client: Client,
+    what: String,
+}
+
+fn query_error(what: &str, e: tokio_postgres::Error) -> Error {
+    let detail = match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => e.to_string(),
+    };
+    Error::environment(format!("{what}: {detail}"))
+}
+
+impl Session {
+    pub fn connect(spec: &ConnSpec) -> Result<Session> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("starting the query runtime", e))?;
+        let what = spec.describe();
+        let mut config = spec.config().clone();
+        config.application_name("mxsnap");
+        let (client, connection) = runtime.block_on(config.connect(NoTls)).map_err(|e| {
+            let detail = match e.as_db_error() {
+                Some(db) => db.message().to_string(),
+                None => e.to_string(),
+            };
+            Error::environment(format!("cannot connect to PostgreSQL at {what}: {detail}"))
+                .with_hint(
+                    "check that the server runs and that --database (or PGHOST, PGPORT, PGUSER, \
+                     PGPASSWORD, PGDATABASE) points at it; TLS-only servers are not supported yet",
+                )
+        })?;
+        runtime.spawn(async move {
+            // The connection ends when the client is dropped; its error is reported by the
+            // next query.
+            let _ = connection.await;
+        });
+        Ok(Session {
+            runtime,
+            client,
+            what,
+        })
+    }
+
+    /// Runs statements that return nothing.
+    pub fn execute(&self, sql: &str) -> Result<()> {
+        self.runtime
+            .block_on(self.client.batch_execute(sql))
+            .map_err(|e| query_error(&format!("query on {}", self.what), e))
+    }
+
+    fn one_text(&self, sql: &str) -> Result<Option<String>> {
+        let row = self
+            .runtime
+            .block_on(self.client.query_one(sql, &[]))
+            .map_err(|e| query_error(&format!("query on {}", self.what), e))?;
+        Ok(row.get(0))
+    }
+
+    /// `server_version_num`, e.g. 150018.
+    pub fn server_version_num(&self) -> Result<u32> {
+        let v = self.one_text("SELECT current_setting('server_version_num')")?;
+        v.and_then(|s| s.parse().ok())
+            .ok_or_else(|| Error::environment("the server did not report its version"))
+    }
+
+    /// Bytes the current database occupies.
+    pub fn database_size(&self) -> Result<u64> {
+        let v = self.one_text("SELECT pg_database_size(current_database())::text")?;
+        Ok(v.and_then(|s| s.parse().ok()).unwrap_or(0))
+    }
+
+    /// Opens a repeatable-read transaction and exports its snapshot, so that `pg_dump
+    /// --snapshot` and our own queries see one and the same state of the database.
+    pub fn begin_exported_snapshot(&self) -> Result<String> {
+        self.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+        self.one_text("SELECT pg_export_snapshot()")?
+            .ok_or_else(|| Error::environment("the server exported no snapshot"))
+    }
+
+    pub fn commit(&self) -> Result<()> {
+        self.execute("COMMIT")
+    }
+
+    /// The rows of `system$filedocument`, or `None` when the database has no such table.
+    pub fn file_documents(&self) -> Result<Option<Vec<FileDocument>>> {
+        let exists = self.one_text("SELECT to_regclass('public.\"system$filedocument\"')::text")?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let sql = r#"SELECT "__uuid__"::text, "__filename__"::bigint,
+                            coalesce(hascontents, false), coalesce(deleteafterdownload, false)
+                     FROM public."system$filedocument""#;
+        let rows = self
+            .runtime
+            .block_on(self.client.query(sql, &[]))
+            .map_err(|e| {
+                query_error("reading system$filedocument", e).with_hint(
+                    "the table needs the columns __uuid__, __filename__, hascontents and \
+                     deleteafterdownload; use --all-files to pack the whole store instead",
+                )
+            })?;
+        Ok(Some(
+            rows.iter()
+                .map(|r| FileDocument {
+                    uuid: r.get(0),
+                    number: r.get(1),
+                    has_contents: r.get(2),
+                    delete_after_download: r.get(3),
+                })
+                .collect(),
+        ))
+    }
+}

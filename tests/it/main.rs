@@ -1,0 +1,8 @@
+//! Integration tests: the mxsnap binary against a real PostgreSQL server and the real
+//! pg_dump, pg_restore and GNU tar. See harness.rs for how the server is found or started.
+
+mod harness;
+mod support;
+
+mod create;
+mod verify;
