@@ -3,7 +3,9 @@
 //! member's checksum against the manifest, `.metadata` against the members, the dump through
 //! `pg_restore`, and the compressed stream through its trailer.
 
-use std::io::{BufRead, BufReader, Read};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
@@ -55,7 +57,7 @@ impl<R: Read> Read for ProgressReader<'_, R> {
 
 /// Describes the archive read from `input`.
 pub fn inspect(input: Box<dyn Read + '_>, progress: &dyn Progress) -> Result<Report> {
-    examine(input, None, progress)
+    examine(input, None, None, progress)
 }
 
 /// Proves the archive read from `input` complete and intact, or says what is wrong.
@@ -65,12 +67,36 @@ pub fn verify(
     tools: &PgTools,
     progress: &dyn Progress,
 ) -> Result<Report> {
-    examine(input, Some(tools), progress)
+    examine(input, Some(tools), None, progress)
+}
+
+/// Where `extract` puts what it reads.
+pub struct Sinks {
+    /// The dump is copied here (a spool file for pg_restore).
+    pub dump_to: Option<File>,
+    /// Tree files are written below this (new, empty) directory.
+    pub tree_to: Option<PathBuf>,
+    /// Refuse up front, from `.metadata`, when this filesystem lacks the room.
+    pub space_on: Option<PathBuf>,
+    pub extracted_files: u64,
+    pub extracted_bytes: u64,
+}
+
+/// Reads the archive with every check `verify` makes except pg_restore's (the restore itself
+/// runs pg_restore), writing the dump and the tree where `sinks` say. Any failure leaves
+/// partial output that the caller removes.
+pub fn extract(
+    input: Box<dyn Read + '_>,
+    sinks: &mut Sinks,
+    progress: &dyn Progress,
+) -> Result<Report> {
+    examine(input, None, Some(sinks), progress)
 }
 
 fn examine(
     input: Box<dyn Read + '_>,
     tools: Option<&PgTools>,
+    sinks: Option<&mut Sinks>,
     progress: &dyn Progress,
 ) -> Result<Report> {
     let input: Box<dyn Read + '_> = Box::new(ProgressReader {
@@ -80,12 +106,16 @@ fn examine(
     let opened = detect::open(input)?;
     let d = opened.detected.clone();
     match d.container {
-        Container::Dump => examine_dump(opened, tools),
-        Container::Tar => examine_tar(opened, tools),
+        Container::Dump => examine_dump(opened, tools, sinks),
+        Container::Tar => examine_tar(opened, tools, sinks),
     }
 }
 
-fn examine_dump(opened: detect::Opened<'_>, tools: Option<&PgTools>) -> Result<Report> {
+fn examine_dump(
+    opened: detect::Opened<'_>,
+    tools: Option<&PgTools>,
+    sinks: Option<&mut Sinks>,
+) -> Result<Report> {
     let header = dump_header::parse(&opened.head)?;
     let mut content = opened.content;
     let mut counted = CountingReader {
@@ -93,7 +123,18 @@ fn examine_dump(opened: detect::Opened<'_>, tools: Option<&PgTools>) -> Result<R
         count: 0,
     };
     let mut checks = Vec::new();
+    let spool = sinks.and_then(|s| s.dump_to.as_mut());
     match tools {
+        None if spool.is_some() => {
+            let spool = spool.expect("checked");
+            copy_into(&mut counted, spool, "the dump spool")?;
+            if opened.detected.compression != Compression::None {
+                checks.push(format!(
+                    "{} stream complete, trailer checksum good",
+                    opened.detected.compression
+                ));
+            }
+        }
         Some(tools) => {
             tools.check_dump(&mut counted)?;
             checks.push("pg_restore reads the whole dump".to_string());
@@ -148,9 +189,28 @@ impl Read for CountingReader<'_> {
     }
 }
 
+/// Copies `from` to its end into `to`; a failure to write is ours (disk full), a failure to
+/// read is the archive's.
+fn copy_into(from: &mut dyn Read, to: &mut dyn Write, what: &str) -> Result<u64> {
+    let mut buf = vec![0u8; crate::archive::codec::IO_BUFFER];
+    let mut total = 0;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::reading("reading the archive", e)),
+        };
+        to.write_all(&buf[..n])
+            .map_err(|e| Error::io(format!("writing {what}"), e))?;
+        total += n as u64;
+    }
+}
+
 /// Gathers what the walk sees.
-struct Examiner<'t> {
+struct Examiner<'t, 's> {
     tools: Option<&'t PgTools>,
+    sinks: Option<&'s mut Sinks>,
     /// Checksums as computed, in archive order, for the lock-step comparison with the manifest.
     computed: Option<ManifestSpool>,
     order: Vec<&'static str>,
@@ -166,9 +226,67 @@ struct Examiner<'t> {
     checks: Vec<String>,
 }
 
-impl Examiner<'_> {
+impl Examiner<'_, '_> {
     fn verifying(&self) -> bool {
-        self.tools.is_some()
+        self.tools.is_some() || self.sinks.is_some()
+    }
+
+    /// With `.metadata` in hand (the first member), refuse early when the staging area's
+    /// filesystem cannot hold what the archive says is coming.
+    fn check_space(&self, m: &Metadata) -> Result<()> {
+        let Some(sinks) = self.sinks.as_ref() else {
+            return Ok(());
+        };
+        let Some(dir) = &sinks.space_on else {
+            return Ok(());
+        };
+        let mut needed = 0u64;
+        if sinks.tree_to.is_some() {
+            needed += m.files_size.parse::<u64>().unwrap_or(0);
+        }
+        if sinks.dump_to.is_some() {
+            needed += m.dump_size.parse::<u64>().unwrap_or(0);
+        }
+        if let Some(free) = crate::env::free_space(dir) {
+            if needed > free {
+                return Err(Error::environment(format!(
+                    "not enough space: the archive needs {needed} bytes in {} but only {free}                      are free",
+                    dir.display()
+                ))
+                .with_hint("free some space there (or restore elsewhere); nothing was changed"));
+            }
+        }
+        Ok(())
+    }
+
+    fn write_tree_file(&mut self, rel: &str, data: &mut dyn Read) -> Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let Some(sinks) = self.sinks.as_mut() else {
+            return Ok(());
+        };
+        let Some(root) = &sinks.tree_to else {
+            return Ok(());
+        };
+        // `rel` passed layout::classify: two or three plain components, no "..", no "/".
+        let path = root.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        let n = copy_into(data, &mut file, &path.display().to_string())?;
+        sinks.extracted_files += 1;
+        sinks.extracted_bytes += n;
+        if sinks.extracted_files == 10 {
+            crate::env::crash_point("extract");
+        }
+        Ok(())
     }
 
     fn read_metadata(&mut self, data: &mut dyn Read) -> Result<()> {
@@ -177,7 +295,10 @@ impl Examiner<'_> {
             .read_to_end(&mut text)
             .map_err(|e| Error::reading("reading .metadata", e))?;
         match serde_json::from_slice::<Metadata>(&text) {
-            Ok(m) => self.metadata = Some(m),
+            Ok(m) => {
+                self.check_space(&m)?;
+                self.metadata = Some(m);
+            }
             Err(e) => self.metadata_error = Some(format!(".metadata is not valid: {e}")),
         }
         Ok(())
@@ -195,7 +316,12 @@ impl Examiner<'_> {
             ))
         })?;
         self.dump = Some(header);
-        if let Some(tools) = self.tools {
+        if let Some(spool) = self.sinks.as_mut().and_then(|s| s.dump_to.as_mut()) {
+            spool
+                .write_all(&head)
+                .map_err(|e| Error::io("writing the dump spool", e))?;
+            copy_into(data, spool, "the dump spool")?;
+        } else if let Some(tools) = self.tools {
             let mut rejoined = std::io::Cursor::new(head).chain(data);
             tools
                 .check_dump(&mut rejoined)
@@ -328,13 +454,14 @@ fn compare(want: &ManifestEntry, got: &ManifestEntry) -> Option<String> {
     None
 }
 
-impl Visitor for Examiner<'_> {
+impl Visitor for Examiner<'_, '_> {
     fn content(&mut self, member: &Member, _size: u64, data: &mut dyn Read) -> Result<()> {
         match member {
             Member::Metadata => self.read_metadata(data),
             Member::Dump => self.read_dump(data),
             Member::Manifest => self.read_manifest(data),
-            Member::TreeFile(_) | Member::Directory => Ok(()),
+            Member::TreeFile(rel) => self.write_tree_file(rel, data),
+            Member::Directory => Ok(()),
         }
     }
 
@@ -367,11 +494,17 @@ impl Visitor for Examiner<'_> {
     }
 }
 
-fn examine_tar(opened: detect::Opened<'_>, tools: Option<&PgTools>) -> Result<Report> {
+fn examine_tar(
+    opened: detect::Opened<'_>,
+    tools: Option<&PgTools>,
+    sinks: Option<&mut Sinks>,
+) -> Result<Report> {
     let compression = opened.detected.compression;
+    let verifying = tools.is_some() || sinks.is_some();
     let mut ex = Examiner {
         tools,
-        computed: if tools.is_some() {
+        sinks,
+        computed: if verifying {
             Some(
                 ManifestSpool::new(Variant::Full, None)
                     .map_err(|e| Error::io("creating a checksum spool", e))?,

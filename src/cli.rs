@@ -32,6 +32,87 @@ pub enum Command {
     Inspect(ReadArgs),
     /// Check that an archive is complete and intact; exit 0 only if it is.
     Verify(VerifyArgs),
+    /// Restore an archive into a stopped environment, atomically (or into a managed local
+    /// environment with --into).
+    Restore(RestoreArgs),
+    /// Manage a local environment made by `restore --into`.
+    Env {
+        #[command(subcommand)]
+        action: EnvAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnvAction {
+    /// Say whether the environment's PostgreSQL runs, and print its settings.
+    Status(EnvArgs),
+    /// Start the environment's PostgreSQL.
+    Start(EnvArgs),
+    /// Stop the environment's PostgreSQL.
+    Stop(EnvArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EnvArgs {
+    /// The environment directory.
+    pub dir: PathBuf,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The archive, or - for standard input.
+    #[arg(value_name = "ARCHIVE|-")]
+    pub archive: PathBuf,
+    /// PostgreSQL URL of the target database (created when missing). Its user needs CREATEDB.
+    #[arg(
+        long,
+        value_name = "URL",
+        required_unless_present = "into",
+        conflicts_with = "into"
+    )]
+    pub database: Option<String>,
+    /// The target file store (created when missing).
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "into",
+        conflicts_with = "into"
+    )]
+    pub files: Option<PathBuf>,
+    /// Make (or reuse) a local environment in DIR: a private PostgreSQL cluster and
+    /// DIR/data/files, left running.
+    #[arg(long, value_name = "DIR")]
+    pub into: Option<PathBuf>,
+    /// Restore only part of a full snapshot.
+    #[arg(long, value_name = "full|database|files")]
+    pub variant: Option<Variant>,
+    /// The app's pid file: a live process there means the app runs, and the restore is refused.
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
+    /// Parallel pg_restore jobs.
+    #[arg(long, short, default_value_t = 2, value_name = "N")]
+    pub jobs: usize,
+    /// Keep the replaced database and files under timestamped names.
+    #[arg(long)]
+    pub keep_previous: bool,
+    /// The target's model version (for the older-model warning).
+    #[arg(long, value_name = "V")]
+    pub model_version: Option<String>,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask before replacing existing data.
+    #[arg(long, short)]
+    pub yes: bool,
+    /// Directory holding pg_restore (default: PATH, then /usr/lib/postgresql/*/bin).
+    #[arg(long, value_name = "DIR")]
+    pub pg_bin: Option<PathBuf>,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

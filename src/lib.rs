@@ -7,10 +7,13 @@
 pub mod archive;
 pub mod check;
 pub mod create;
+pub mod env;
 pub mod error;
 pub mod files;
+pub mod local;
 pub mod output;
 pub mod pg;
 pub mod progress;
+pub mod restore;
 
 pub use error::{Error, ErrorKind, Result};

@@ -16,8 +16,11 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use cli::{Cli, Command};
 use mxsnap::check::{self, Report};
 use mxsnap::create::{self, CreateOptions, CreateReport, Output};
-use mxsnap::pg::PgTools;
+use mxsnap::env::Target;
+use mxsnap::local::LocalEnv;
+use mxsnap::pg::{ConnSpec, PgTools};
 use mxsnap::progress::Progress;
+use mxsnap::restore::{self, RestoreOptions};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -114,6 +117,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 report.with_context(|| format!("inspecting {}", args.archive.display()))?;
             print_report(&args.archive, &report, args.json, false)
         }
+        Command::Restore(args) => run_restore(args, cli.quiet),
+        Command::Env { action } => run_env(action),
         Command::Verify(args) => {
             let reporter = Reporter::new(cli.quiet);
             let tools = PgTools::find(args.pg_bin.as_deref())?;
@@ -126,6 +131,209 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             print_report(&args.read.archive, &report, args.read.json, true)
         }
     }
+}
+
+fn run_env(action: &cli::EnvAction) -> anyhow::Result<()> {
+    use cli::EnvAction;
+    let (args, verb) = match action {
+        EnvAction::Status(a) => (a, "status"),
+        EnvAction::Start(a) => (a, "start"),
+        EnvAction::Stop(a) => (a, "stop"),
+    };
+    let mut env = LocalEnv::open(&args.dir)?;
+    match verb {
+        "start" => env.start()?,
+        "stop" => env.stop()?,
+        _ => {}
+    }
+    let status = env.status();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        println!(
+            "{}: PostgreSQL {}",
+            status.dir.display(),
+            if status.running { "running" } else { "stopped" }
+        );
+        if status.running {
+            print_settings(&env.settings);
+        }
+    }
+    Ok(())
+}
+
+fn print_settings(s: &mxsnap::local::Settings) {
+    println!("  host:     {}", s.host);
+    println!("  port:     {}", s.port);
+    println!("  database: {}", s.database);
+    println!("  user:     {}", s.user);
+    println!("  password: {}", s.password.as_deref().unwrap_or("?"));
+    println!("  files:    {}", s.files.display());
+    println!("  url:      {}", s.url());
+    println!(
+        "  jdbc:     jdbc:postgresql://{}:{}/{}",
+        s.host, s.port, s.database
+    );
+}
+
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    use std::io::Write;
+    if !io::stdin().is_terminal() {
+        anyhow::bail!(
+            mxsnap::Error::usage(format!(
+                "{question}: refusing to replace data without confirmation"
+            ))
+            .with_hint("pass --yes to confirm, or --dry-run to see the plan")
+        );
+    }
+    eprint!("mxsnap: {question} [y/N] ");
+    io::stderr().flush()?;
+    let mut answer = String::new();
+    io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+fn run_restore(args: &cli::RestoreArgs, quiet: bool) -> anyhow::Result<()> {
+    let reporter = Reporter::new(quiet);
+    let mut local = None;
+    let target = match &args.into {
+        Some(dir) => {
+            let (mut env, created) = LocalEnv::open_or_create(dir)?;
+            if created {
+                reporter.note(&format!(
+                    "made a local environment in {}{}",
+                    env.dir.display(),
+                    match &env.settings.run_as {
+                        Some(u) => format!(
+                            " (PostgreSQL runs as the system user {u}: initdb refuses root)"
+                        ),
+                        None => String::new(),
+                    }
+                ));
+            }
+            env.start()?;
+            let target = env.target()?;
+            local = Some(env);
+            target
+        }
+        None => Target {
+            database: ConnSpec::resolve(args.database.as_deref())?,
+            files: args.files.clone().expect("clap requires --files"),
+            pid_file: args.pid_file.clone(),
+        },
+    };
+    let opts = RestoreOptions {
+        target,
+        variant: args.variant,
+        jobs: args.jobs,
+        keep_previous: args.keep_previous,
+        model_version: args.model_version.clone(),
+        pg_bin: args.pg_bin.clone(),
+    };
+    let plan = restore::plan(opts)?;
+    if args.dry_run {
+        let view = plan.view();
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&view)?);
+        } else {
+            println!("plan (dry run, nothing changed):");
+            println!(
+                "  database: {} ({})",
+                view.database,
+                if view.database_exists {
+                    "exists, will be replaced"
+                } else {
+                    "will be created"
+                }
+            );
+            println!(
+                "  files:    {} ({})",
+                view.files.display(),
+                if view.files_exist {
+                    "exist, will be replaced"
+                } else {
+                    "will be created"
+                }
+            );
+            if let Some(r) = &view.recovered {
+                println!("  recovered: {r}");
+            }
+            for c in &view.checks {
+                println!("  check ok: {c}");
+            }
+            for (i, s) in view.steps.iter().enumerate() {
+                println!("  {}. {s}", i + 1);
+            }
+        }
+        return Ok(());
+    }
+    if plan.replaces_data() && !args.yes {
+        let view = plan.view();
+        let question = format!(
+            "replace database {} and files in {}?",
+            view.database,
+            view.files.display()
+        );
+        if !confirm(&question)? {
+            anyhow::bail!(mxsnap::Error::usage(
+                "restore cancelled; nothing was changed"
+            ));
+        }
+    }
+    let (input, size) = open_input(&args.archive)?;
+    reporter.stage("restoring", size);
+    let report = restore::execute(plan, input, &reporter);
+    reporter.done();
+    let report = report.with_context(|| format!("restoring {}", args.archive.display()))?;
+    if args.json {
+        let mut value = serde_json::to_value(&report)?;
+        if let Some(env) = &local {
+            value["local"] = serde_json::to_value(&env.settings)?;
+            value["local"]["password"] =
+                serde_json::Value::String(env.settings.password.clone().unwrap_or_default());
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    for w in &report.warnings {
+        eprintln!("mxsnap: warning: {w}");
+    }
+    if !quiet {
+        if let Some(r) = &report.recovered {
+            eprintln!("mxsnap: {r}");
+        }
+        eprintln!(
+            "mxsnap: restored {} snapshot in {:.1} s: database {}, files {} ({} files, {})",
+            report.variant,
+            report.seconds,
+            report.database.as_deref().unwrap_or("untouched"),
+            report
+                .files
+                .as_ref()
+                .map_or("untouched".to_string(), |p| p.display().to_string()),
+            report.tree_files,
+            human(report.tree_bytes)
+        );
+        if let Some(db) = &report.swapped.previous_database {
+            eprintln!("mxsnap: previous database kept as {db}");
+        }
+        if let Some(f) = &report.swapped.previous_files {
+            eprintln!("mxsnap: previous files kept in {}", f.display());
+        }
+    }
+    if let Some(env) = &local {
+        println!(
+            "Local environment in {} is running{}:",
+            env.dir.display(),
+            match &env.settings.run_as {
+                Some(u) => format!(" (PostgreSQL as system user {u}, since initdb refuses root)"),
+                None => String::new(),
+            }
+        );
+        print_settings(&env.settings);
+        println!("Stop it with: mxsnap env stop {}", env.dir.display());
+    }
+    Ok(())
 }
 
 fn open_input(path: &Path) -> anyhow::Result<(Box<dyn Read>, Option<u64>)> {

@@ -17,6 +17,11 @@ pub struct FileDocument {
     pub delete_after_download: bool,
 }
 
+/// Quotes an SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 pub struct Session {
     runtime: Runtime,
     client: Client,
@@ -101,6 +106,67 @@ impl Session {
 
     pub fn commit(&self) -> Result<()> {
         self.execute("COMMIT")
+    }
+
+    /// The OID of database `name`, if it exists.
+    pub fn database_oid(&self, name: &str) -> Result<Option<u32>> {
+        let rows = self
+            .runtime
+            .block_on(self.client.query(
+                "SELECT oid::text FROM pg_database WHERE datname = $1",
+                &[&name],
+            ))
+            .map_err(|e| query_error("looking up a database", e))?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.get::<_, String>(0).parse().ok()))
+    }
+
+    /// Encoding, collation and ctype of database `name`.
+    pub fn database_locale(&self, name: &str) -> Result<Option<(String, String, String)>> {
+        let rows = self
+            .runtime
+            .block_on(self.client.query(
+                "SELECT pg_encoding_to_char(encoding)::text, datcollate::text, datctype::text \
+                 FROM pg_database WHERE datname = $1",
+                &[&name],
+            ))
+            .map_err(|e| query_error("looking up a database", e))?;
+        Ok(rows.first().map(|r| (r.get(0), r.get(1), r.get(2))))
+    }
+
+    /// The name the database with this OID has now.
+    pub fn database_name(&self, oid: u32) -> Result<Option<String>> {
+        let rows = self
+            .runtime
+            .block_on(self.client.query(
+                "SELECT datname::text FROM pg_database WHERE oid = $1::text::oid",
+                &[&oid.to_string()],
+            ))
+            .map_err(|e| query_error("looking up a database", e))?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    /// Sessions connected to database `name`, other than this one, described for a person.
+    pub fn sessions_on(&self, name: &str) -> Result<Vec<String>> {
+        let rows = self
+            .runtime
+            .block_on(self.client.query(
+                "SELECT pid, coalesce(usename::text, ''), coalesce(application_name, ''),                         coalesce(host(client_addr), 'local'), coalesce(state, '')                  FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()                  ORDER BY pid",
+                &[&name],
+            ))
+            .map_err(|e| query_error("listing sessions", e))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let pid: i32 = r.get(0);
+                let user: String = r.get(1);
+                let app: String = r.get(2);
+                let from: String = r.get(3);
+                let state: String = r.get(4);
+                format!("pid {pid} (user {user}, application {app:?}, from {from}, {state})")
+            })
+            .collect())
     }
 
     /// The rows of `system$filedocument`, or `None` when the database has no such table.

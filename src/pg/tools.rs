@@ -182,6 +182,50 @@ impl PgTools {
         Ok(())
     }
 
+    /// Restores the dump at `path` into the (empty) database `spec` names: no owners, no
+    /// privileges (objects belong to the restoring role), stopping at the first error, with
+    /// `jobs` parallel workers.
+    pub fn restore_into(&self, spec: &ConnSpec, path: &Path, jobs: usize) -> Result<()> {
+        let mut cmd = Command::new(&self.pg_restore);
+        cmd.args(["--no-owner", "--no-privileges", "--exit-on-error"]);
+        if jobs > 1 {
+            cmd.arg(format!("--jobs={jobs}"));
+        }
+        cmd.arg("--dbname").arg(spec.dbname());
+        cmd.arg(path);
+        cmd.envs(spec.child_env());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| Error::io(format!("starting {}", self.pg_restore.display()), e))?;
+        crate::env::crash_point("pg_restore");
+        let stderr = capture_stderr(&mut child);
+        let status = child
+            .wait()
+            .map_err(|e| Error::io("waiting for pg_restore", e))?;
+        let text = stderr.join().unwrap_or_default();
+        if status.success() {
+            return Ok(());
+        }
+        let damaged = [
+            "input file",
+            "unexpected end",
+            "corrupt",
+            "invalid",
+            "unsupported version",
+        ]
+        .iter()
+        .any(|w| text.contains(w));
+        let message = format!("pg_restore failed ({status}): {text}");
+        Err(if damaged {
+            Error::corrupt(message)
+        } else {
+            Error::environment(message)
+        })
+    }
+
     /// Reads a whole custom-format dump from `data` with `pg_restore -f /dev/null`, which
     /// decodes every TOC entry and data block: a damaged or cut dump makes it fail.
     ///
