@@ -367,16 +367,14 @@ pub fn complete_swap(j: &Journal, admin: &Session, journal_path: &Path) -> Resul
         }
     }
     let old_tree = j.staging_files();
-    if j.swap_files && old_tree.exists() {
-        if j.keep_previous {
-            fs::rename(&old_tree, &j.old_files).map_err(|e| {
-                Error::io(
-                    format!("keeping the previous files as {}", j.old_files.display()),
-                    e,
-                )
-            })?;
-            out.previous_files = Some(j.old_files.clone());
-        }
+    if j.swap_files && old_tree.exists() && j.keep_previous {
+        fs::rename(&old_tree, &j.old_files).map_err(|e| {
+            Error::io(
+                format!("keeping the previous files as {}", j.old_files.display()),
+                e,
+            )
+        })?;
+        out.previous_files = Some(j.old_files.clone());
     }
     remove_dir_all_if_exists(&j.work_dir)?;
     fs::remove_file(journal_path)

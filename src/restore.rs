@@ -360,6 +360,18 @@ fn stage(
             ));
         }
         plan.admin.execute(&sql)?;
+        // Say what it is, for whoever finds it: a crash before the swap may leave it behind
+        // until the next mxsnap run on the environment drops it.
+        let note = format!(
+            "mxsnap staging copy for database {db} (files {}); the next mxsnap run on that \
+             environment removes it",
+            target.files.display()
+        );
+        plan.admin.execute(&format!(
+            "COMMENT ON DATABASE {} IS '{}'",
+            crate::pg::query::quote_ident(&plan.staging_db),
+            note.replace('\'', "''")
+        ))?;
         progress.stage("restoring the database into staging", None);
         let staging_spec = target.database.with_dbname(&plan.staging_db);
         plan.tools

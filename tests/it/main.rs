@@ -5,4 +5,5 @@ mod harness;
 mod support;
 
 mod create;
+mod restore;
 mod verify;

@@ -1,0 +1,659 @@
+//! `mxsnap restore`: what it reproduces, what it refuses, and that a refused, failed or killed
+//! restore leaves the target exactly as it was (or, past the swap point, exactly as asked).
+
+use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::harness::{self, Db, tree_hashes};
+use crate::support::*;
+
+/// A target environment with data of its own, different from the fixture's.
+struct Env {
+    db: Db,
+    _dir: tempfile::TempDir,
+    files: PathBuf,
+}
+
+impl Env {
+    fn new(tag: &str) -> Env {
+        let db = Db::with_fixture(tag);
+        db.psql(
+            "DELETE FROM \"shop$invoice\"; DELETE FROM \"shop$order\" WHERE id % 2 = 0; \
+                 INSERT INTO \"shop$customer\" VALUES (99, 'Local Only', 'local@example.com')",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let files = dir.path().join("files");
+        std::fs::create_dir_all(files.join("aa/bb")).unwrap();
+        std::fs::write(
+            files.join("aa/bb/aabbcccc-0000-4000-8000-000000000000"),
+            b"the target's own file",
+        )
+        .unwrap();
+        Env {
+            db,
+            _dir: dir,
+            files,
+        }
+    }
+
+    fn state(&self) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+        (self.db.checksums(), tree_hashes(&self.files))
+    }
+
+    fn restore(&self, archive: &Path, extra: &[&str]) -> Run {
+        let url = self.db.url();
+        let mut args = vec![
+            "restore",
+            archive.to_str().unwrap(),
+            "--database",
+            &url,
+            "--files",
+            self.files.to_str().unwrap(),
+            "--yes",
+        ];
+        args.extend_from_slice(extra);
+        mxsnap(&args)
+    }
+
+    /// Nothing of a restore is left behind: no staging database, work dir or journal.
+    fn assert_clean(&self) {
+        let staging = harness::psql(
+            "postgres",
+            &format!(
+                "SELECT count(*) FROM pg_database d WHERE datname LIKE 'mxsnap_staging_%' \
+                 AND shobj_description(d.oid, 'pg_database') LIKE '%database {} %'",
+                self.db.name
+            ),
+        );
+        assert_eq!(staging, "0", "a staging database was left behind");
+        let parent = self.files.parent().unwrap();
+        for e in std::fs::read_dir(parent).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(
+                !name.contains("mxsnap-work") && !name.contains("mxsnap-journal"),
+                "left behind: {name}"
+            );
+        }
+    }
+}
+
+/// A full snapshot of a fresh fixture database, and that database's checksums.
+fn snapshot(dir: &Path, extra: &[&str]) -> (PathBuf, BTreeMap<String, String>) {
+    let db = Db::with_fixture("source");
+    let archive = dir.join("snap.tar.gz");
+    ok(create(&db, &archive, extra));
+    (archive, db.checksums())
+}
+
+fn fixture_tree(db_sql: &Db) -> BTreeMap<String, String> {
+    let want = expected_tree(db_sql);
+    tree_hashes(&store())
+        .into_iter()
+        .filter(|(rel, _)| want.contains(rel))
+        .collect()
+}
+
+#[test]
+fn a_full_restore_reproduces_every_row_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, rows) = snapshot(dir.path(), &[]);
+    let env = Env::new("full");
+    assert_ne!(env.db.checksums(), rows);
+    let run = ok(env.restore(&archive, &["--json"]));
+    assert_eq!(run.json()["variant"], "full");
+    assert_eq!(env.db.checksums(), rows);
+    assert_eq!(tree_hashes(&env.files), fixture_tree(&env.db));
+    env.assert_clean();
+    // Objects belong to the restoring role, not the dump's.
+    let owner = env
+        .db
+        .psql("SELECT tableowner FROM pg_tables WHERE tablename = 'shop$order'");
+    assert_eq!(owner, harness::server().user);
+}
+
+#[test]
+fn a_restore_creates_a_missing_database_and_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, rows) = snapshot(dir.path(), &["--compression", "zstd"]);
+    let name = format!("fresh_{}", std::process::id());
+    let files = dir.path().join("new/files");
+    let url = harness::url_for(&name);
+    let run = mxsnap(&[
+        "restore",
+        archive.to_str().unwrap(),
+        "--database",
+        &url,
+        "--files",
+        files.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let db = Db { name };
+    assert_eq!(db.checksums(), rows);
+    assert_eq!(tree_hashes(&files).len(), 45);
+}
+
+#[test]
+fn database_only_restores_leave_files_alone_and_count_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, rows) = snapshot(dir.path(), &[]);
+    let env = Env::new("dbpart");
+    let files_before = tree_hashes(&env.files);
+    let run = ok(env.restore(&archive, &["--variant", "database"]));
+    assert_eq!(env.db.checksums(), rows);
+    assert_eq!(tree_hashes(&env.files), files_before);
+    // The target store has none of the 45 files the restored database references.
+    assert!(
+        run.stderr.contains("references 46 file(s)"),
+        "{}",
+        run.stderr
+    );
+
+    // A bare database-only download, raw and gzip-wrapped.
+    let source = Db::with_fixture("bare");
+    let bare = dir.path().join("database.backup");
+    ok(mxsnap(&[
+        "create",
+        "--database",
+        &source.url(),
+        "--variant",
+        "database",
+        "--output",
+        bare.to_str().unwrap(),
+    ]));
+    let env = Env::new("bare");
+    ok(env.restore(&bare, &[]));
+    assert_eq!(env.db.checksums(), source.checksums());
+    let wrapped = dir.path().join("database.backup.gz");
+    std::fs::write(&wrapped, gzip(&std::fs::read(&bare).unwrap())).unwrap();
+    let env = Env::new("wrapped");
+    ok(env.restore(&wrapped, &[]));
+    assert_eq!(env.db.checksums(), source.checksums());
+    env.assert_clean();
+}
+
+#[test]
+fn files_only_restores_leave_the_database_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Db::with_fixture("fsrc");
+    let archive = dir.path().join("files.tar.zst");
+    ok(create(
+        &source,
+        &archive,
+        &["--variant", "files", "--compression", "zstd"],
+    ));
+    let env = Env::new("fpart");
+    let rows_before = env.db.checksums();
+    ok(env.restore(&archive, &[]));
+    assert_eq!(env.db.checksums(), rows_before);
+    assert_eq!(tree_hashes(&env.files), fixture_tree(&source));
+    // And the files half of a full archive.
+    let (full, _) = snapshot(dir.path(), &[]);
+    let env = Env::new("fpart2");
+    let rows_before = env.db.checksums();
+    ok(env.restore(&full, &["--variant", "files"]));
+    assert_eq!(env.db.checksums(), rows_before);
+    assert_eq!(tree_hashes(&env.files).len(), 45);
+}
+
+#[test]
+fn a_cloud_shaped_archive_from_gnu_tar_and_pg_dump_restores() {
+    let db = Db::with_fixture("cloudsrc");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("snap");
+    std::fs::create_dir_all(root.join("db")).unwrap();
+    let dump = root.join("db/db.backup");
+    tool_ok(
+        &pg_tool("pg_dump"),
+        &["-O", "-x", "-Fc", "-f", dump.to_str().unwrap(), &db.url()],
+    );
+    let mut files_size = 0;
+    for rel in expected_tree(&db) {
+        let to = root.join("tree").join(&rel);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(store().join(&rel), &to).unwrap();
+        files_size += std::fs::metadata(&to).unwrap().len();
+    }
+    let meta = serde_json::json!({
+        "duration": "3", "dumpSize": std::fs::metadata(&dump).unwrap().len().to_string(),
+        "modelVersion": "1.0.0.40", "databaseSize": "9730584", "filesSize": files_size.to_string(),
+    });
+    std::fs::write(root.join(".metadata"), meta.to_string()).unwrap();
+    let archive = dir
+        .path()
+        .join("files_and_database-fc9e126f-201811210121.tar.gz");
+    // `-C dir .` as a script would: "./" prefixes and directory entries.
+    tool_ok(
+        "tar",
+        &[
+            "-czf",
+            archive.to_str().unwrap(),
+            "-C",
+            root.to_str().unwrap(),
+            ".",
+        ],
+    );
+    let env = Env::new("cloud");
+    let run = ok(env.restore(&archive, &["--model-version", "2.0.0.1"]));
+    assert_eq!(env.db.checksums(), db.checksums());
+    assert_eq!(tree_hashes(&env.files), fixture_tree(&db));
+    // Made on an older model than the target's: warned, and done.
+    assert!(
+        run.stderr.contains("older than the environment's 2.0.0.1"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn keep_previous_keeps_the_old_database_and_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, rows) = snapshot(dir.path(), &[]);
+    let env = Env::new("keep");
+    let (old_rows, old_files) = env.state();
+    let run = ok(env.restore(&archive, &["--keep-previous", "--json"]));
+    let json = run.json();
+    let old_db = json["swapped"]["previous_database"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let old_dir = PathBuf::from(json["swapped"]["previous_files"].as_str().unwrap());
+    assert_eq!(env.db.checksums(), rows);
+    assert_eq!(harness::table_checksums(&old_db), old_rows);
+    assert_eq!(tree_hashes(&old_dir), old_files);
+    drop(Db { name: old_db });
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, _) = snapshot(dir.path(), &[]);
+    let env = Env::new("dry");
+    let before = env.state();
+    let run = ok(env.restore(&archive, &["--dry-run"]));
+    assert!(
+        run.stdout.contains("swap: rename database"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("check ok: no other session"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(env.state(), before);
+    env.assert_clean();
+}
+
+#[test]
+fn a_running_target_is_refused_and_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, _) = snapshot(dir.path(), &[]);
+    let env = Env::new("running");
+    let before = env.state();
+
+    // Another session on the target database (psql waiting on its stdin).
+    let mut session = Command::new(pg_tool("psql"))
+        .envs(harness::env_for(&env.db.name))
+        .args(["-X", "-q", "-c", "SELECT 1", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut tries = 0;
+    while harness::psql(
+        "postgres",
+        &format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}'",
+            env.db.name
+        ),
+    ) == "0"
+    {
+        tries += 1;
+        assert!(tries < 100, "the session never connected");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let run = env.restore(&archive, &[]);
+    drop(session.stdin.take());
+    session.wait().unwrap();
+    assert_eq!(run.code, 6, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("is in use by 1 session(s)"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("pid "), "{}", run.stderr);
+    assert_eq!(env.state(), before);
+
+    // A live process in the pid file.
+    let pid_file = dir.path().join("app.pid");
+    std::fs::write(&pid_file, std::process::id().to_string()).unwrap();
+    let run = env.restore(&archive, &["--pid-file", pid_file.to_str().unwrap()]);
+    assert_eq!(run.code, 6, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("process {}", std::process::id()))
+    );
+    assert_eq!(env.state(), before);
+    env.assert_clean();
+}
+
+#[test]
+fn a_second_restore_while_one_runs_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, _) = snapshot(dir.path(), &[]);
+    let env = Env::new("concurrent");
+    let before = env.state();
+    // Hold the environment's lock as a running restore does.
+    let lock_path = env.files.parent().unwrap().join(".files.mxsnap-lock");
+    let lock = std::fs::File::create(&lock_path).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let run = env.restore(&archive, &[]);
+    assert_eq!(run.code, 6, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("another mxsnap operation"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(env.state(), before);
+    drop(lock);
+    ok(env.restore(&archive, &[]));
+}
+
+// ---- hostile and corrupt inputs -----------------------------------------------------------
+
+/// A tar whose members are given raw: (name, type, data); names are written byte for byte.
+fn raw_tar(entries: &[(&str, tar::EntryType, Vec<u8>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, kind, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(*kind);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        let raw = &mut h.as_old_mut().name;
+        raw[..name.len()].copy_from_slice(name.as_bytes());
+        match kind {
+            tar::EntryType::Symlink => h.set_link_name("/etc/passwd").unwrap(),
+            tar::EntryType::Link => h.set_link_name(".metadata").unwrap(),
+            _ => {}
+        }
+        h.set_cksum();
+        b.append(&h, &data[..]).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// The good archive's members, for building bad ones from.
+fn good_members(archive: &Path) -> Vec<(String, Vec<u8>)> {
+    members(&gunzip(&std::fs::read(archive).unwrap()))
+        .into_iter()
+        .map(|(n, d, _)| (n, d))
+        .collect()
+}
+
+fn with_extra(good: &[(String, Vec<u8>)], name: &str, kind: tar::EntryType) -> Vec<u8> {
+    let mut entries: Vec<(&str, tar::EntryType, Vec<u8>)> = good
+        .iter()
+        .map(|(n, d)| (n.as_str(), tar::EntryType::Regular, d.clone()))
+        .collect();
+    let data = if kind == tar::EntryType::Regular {
+        b"evil".to_vec()
+    } else {
+        Vec::new()
+    };
+    entries.insert(2, (name, kind, data));
+    gzip(&raw_tar(&entries))
+}
+
+#[test]
+fn hostile_and_corrupt_inputs_are_refused_and_the_target_is_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Db::with_fixture("hostile");
+    let good = dir.path().join("good.tar.gz");
+    ok(create(&src, &good, &[]));
+    let zst = dir.path().join("good.tar.zst");
+    ok(create(&src, &zst, &["--compression", "zstd"]));
+    let strict = dir.path().join("strict.tar.gz");
+    ok(create(&src, &strict, &["--strict-layout"]));
+    let dbonly = dir.path().join("db.backup");
+    ok(mxsnap(&[
+        "create",
+        "--database",
+        &src.url(),
+        "--variant",
+        "database",
+        "--output",
+        dbonly.to_str().unwrap(),
+    ]));
+    let members = good_members(&good);
+    let good_bytes = std::fs::read(&good).unwrap();
+    let zst_bytes = std::fs::read(&zst).unwrap();
+    use tar::EntryType as T;
+
+    let mut cases: Vec<(&str, Vec<u8>, Vec<&str>, &str)> = vec![
+        (
+            "dot-dot",
+            with_extra(&members, "tree/../../escape", T::Regular),
+            vec![],
+            "'..'",
+        ),
+        (
+            "absolute",
+            with_extra(&members, "/tmp/mxsnap-escape", T::Regular),
+            vec![],
+            "absolute",
+        ),
+        (
+            "symlink",
+            with_extra(&members, "tree/00/9", T::Symlink),
+            vec![],
+            "symbolic link",
+        ),
+        (
+            "hardlink",
+            with_extra(&members, "tree/00/9", T::Link),
+            vec![],
+            "hard link",
+        ),
+        (
+            "device",
+            with_extra(&members, "tree/00/9", T::Char),
+            vec![],
+            "device",
+        ),
+        (
+            "fifo",
+            with_extra(&members, "tree/00/9", T::Fifo),
+            vec![],
+            "FIFO",
+        ),
+        (
+            "outside",
+            with_extra(&members, "etc/cron.d/evil", T::Regular),
+            vec![],
+            "unexpected member",
+        ),
+        (
+            "bad-tree-name",
+            with_extra(
+                &members,
+                "tree/ab/cd/0d3e301f-5551-46f8-ad44-8de2be084c95",
+                T::Regular,
+            ),
+            vec![],
+            "layout",
+        ),
+        (
+            "duplicate",
+            with_extra(&members, &members[5].0.clone(), T::Regular),
+            vec![],
+            "appears twice",
+        ),
+        (
+            "truncated-gzip",
+            good_bytes[..good_bytes.len() * 3 / 4].to_vec(),
+            vec![],
+            "truncated",
+        ),
+        (
+            "truncated-zstd",
+            zst_bytes[..zst_bytes.len() * 3 / 4].to_vec(),
+            vec![],
+            "",
+        ),
+        (
+            "flipped-stream",
+            {
+                let mut b = good_bytes.clone();
+                let m = b.len() / 2;
+                b[m] ^= 1;
+                b
+            },
+            vec![],
+            "",
+        ),
+        ("empty", Vec::new(), vec![], "empty"),
+        (
+            "not-an-archive",
+            b"hello, I am not a backup\n".to_vec(),
+            vec![],
+            "not a snapshot",
+        ),
+        (
+            "wrong-variant",
+            std::fs::read(&dbonly).unwrap(),
+            vec!["--variant", "full"],
+            "wrong variant",
+        ),
+    ];
+    // A flipped byte inside a file: only the manifest can tell.
+    {
+        let mut m = members.clone();
+        let i = m
+            .iter()
+            .position(|(n, d)| n.starts_with("tree/") && d.len() > 100)
+            .unwrap();
+        m[i].1[50] ^= 0x55;
+        cases.push(("flipped-file", gzip(&build_tar(&m)), vec![], "SHA-256"));
+    }
+    // More space than the filesystem has, claimed up front by .metadata.
+    {
+        let mut m = members.clone();
+        let mut meta: serde_json::Value = serde_json::from_slice(&m[0].1).unwrap();
+        meta["filesSize"] = serde_json::Value::String("999999999999999999".into());
+        m[0].1 = serde_json::to_vec(&meta).unwrap();
+        cases.push(("no-space", gzip(&build_tar(&m)), vec![], "not enough space"));
+    }
+    // A dump that pg_restore rejects half-way (no manifest to catch it first).
+    {
+        let mut m = good_members(&strict);
+        let half = m[1].1.len() / 2;
+        m[1].1.truncate(half);
+        let mut meta: serde_json::Value = serde_json::from_slice(&m[0].1).unwrap();
+        meta["dumpSize"] = serde_json::Value::String(half.to_string());
+        m[0].1 = serde_json::to_vec(&meta).unwrap();
+        cases.push((
+            "dump-rejected",
+            gzip(&build_tar(&m)),
+            vec![],
+            "pg_restore failed",
+        ));
+    }
+    assert!(cases.len() >= 15);
+
+    let env = Env::new("hostile_target");
+    let before = env.state();
+    for (name, bytes, extra, needle) in &cases {
+        let path = dir.path().join(format!("case-{name}"));
+        std::fs::write(&path, bytes).unwrap();
+        let run = env.restore(&path, extra);
+        assert_ne!(run.code, 0, "{name}: accepted:\n{}", run.stderr);
+        assert!(
+            run.stderr.contains("mxsnap: error:"),
+            "{name}: {}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains(needle),
+            "{name}: message lacks {needle:?}: {}",
+            run.stderr
+        );
+        assert_eq!(env.state(), before, "{name}: the target changed");
+        env.assert_clean();
+        assert!(
+            !Path::new("/tmp/mxsnap-escape").exists(),
+            "{name}: wrote outside"
+        );
+    }
+}
+
+// ---- crash safety ---------------------------------------------------------------------------
+
+/// Kills the restore with SIGKILL at `point`, then lets the next run recover, and says what
+/// the target holds afterwards.
+fn crash_at(point: &str, expect_new: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, new_rows) = snapshot(dir.path(), &[]);
+    let env = Env::new(&format!("crash_{}", point.replace('-', "_")));
+    let old = env.state();
+    let url = env.db.url();
+    let out = mxsnap_cmd(&[
+        "restore",
+        archive.to_str().unwrap(),
+        "--database",
+        &url,
+        "--files",
+        env.files.to_str().unwrap(),
+        "--yes",
+    ])
+    .env("MXSNAP_CRASH_AT", point)
+    .output()
+    .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "{point}: did not die: {:?}",
+        out
+    );
+
+    // The next run on the environment finishes or undoes the interrupted one.
+    let run = ok(env.restore(&archive, &["--dry-run"]));
+    assert!(run.stdout.contains("recovered:"), "{point}: {}", run.stdout);
+    // Let any orphaned pg_restore of the killed run finish dying before we look.
+    env.assert_clean();
+    let (rows, files) = env.state();
+    if expect_new {
+        assert_eq!(rows, new_rows, "{point}: database not the new one");
+        assert_eq!(files.len(), 45, "{point}: files not the new ones");
+    } else {
+        assert_eq!((rows, files), old, "{point}: target changed");
+    }
+}
+
+#[test]
+fn killed_during_extraction_the_target_stays_old() {
+    crash_at("extract", false);
+}
+
+#[test]
+fn killed_during_pg_restore_the_target_stays_old() {
+    crash_at("pg_restore", false);
+}
+
+#[test]
+fn killed_after_preparing_the_swap_completes() {
+    crash_at("prepared", true);
+}
+
+#[test]
+fn killed_between_the_database_and_files_swaps_the_swap_completes() {
+    crash_at("swap-db", true);
+}
+
+#[test]
+fn killed_after_both_swaps_the_cleanup_completes() {
+    crash_at("swap-files", true);
+}
