@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Side-by-side throughput of mxsnap and the shell baselines on the same data.
+#
+#   benches/compare.sh [--size-mb N] [--quick] [--runs N] [--only pack|unpack|full]
+#
+# Generates a seeded file store (benches/gen_store.py) and a pgbench database of matching size
+# with a system$filedocument row per file, in a throwaway cluster; then runs every scenario
+# alternating mxsnap and its baselines, --runs times, and prints medians, ratios
+# (baseline seconds / mxsnap seconds: above 1 means mxsnap is faster) and peak RSS.
+# Installs pigz and hyperfine-free dependencies with apt when missing. Needs ~4x the size free.
+set -euo pipefail
+size_mb=1024 runs=3 only=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --size-mb) size_mb=$2; shift 2 ;;
+    --quick) size_mb=64; runs=1; shift ;;
+    --runs) runs=$2; shift 2 ;;
+    --only) only=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+here="$(cd "$(dirname "$0")" && pwd)"; root="$(dirname "$here")"
+for tool in pigz zstd; do
+  command -v $tool >/dev/null || { apt-get update -qq && apt-get install -y -qq $tool >/dev/null; }
+done
+[ -x /usr/bin/time ] || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
+(cd "$root" && cargo build --release --quiet)
+mx="$root/target/release/mxsnap"
+
+work=$(mktemp -d /var/tmp/mxsnap-bench.XXXXXX); chmod 755 "$work"
+bin=$(dirname "$(readlink -f "$(command -v initdb || ls /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")")
+as_pg=(); [ "$(id -u)" -eq 0 ] && as_pg=(runuser -u postgres --)
+mkdir -p "$work/pg"; [ "$(id -u)" -eq 0 ] && chown postgres: "$work/pg"
+cleanup() { "${as_pg[@]}" "$bin/pg_ctl" -D "$work/pg/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$work"; }
+trap cleanup EXIT
+"${as_pg[@]}" "$bin/initdb" -A trust -U postgres -E UTF8 --locale=C --no-sync -D "$work/pg/data" >/dev/null
+"${as_pg[@]}" "$bin/pg_ctl" -D "$work/pg/data" -l "$work/pg/log" -w \
+  -o "-k $work/pg -c listen_addresses='' -p 5432 -c max_wal_size=4GB" start >/dev/null
+export PGHOST="$work/pg" PGUSER=postgres PGPORT=5432
+url="postgresql:///bench?host=$work/pg&user=postgres"
+
+echo "bench: generating a ${size_mb} MiB store and database in $work" >&2
+python3 "$here/gen_store.py" "$work/store" "$size_mb" > "$work/uuids.txt"
+"$bin/psql" -X -q -d postgres -c "CREATE DATABASE bench"
+scale=$(( size_mb / 15 > 0 ? size_mb / 15 : 1 ))
+"$bin/pgbench" -i -q -s "$scale" bench 2>/dev/null
+"$bin/psql" -X -q -d bench -c 'CREATE TABLE "system$filedocument" (id bigserial PRIMARY KEY, "__uuid__" varchar(36), "__filename__" bigint, hascontents boolean, deleteafterdownload boolean)'
+awk '{print $1"\t"NR"\tt\tf"}' "$work/uuids.txt" | "$bin/psql" -X -q -d bench -c '\copy "system$filedocument" ("__uuid__", "__filename__", hascontents, deleteafterdownload) FROM STDIN'
+"$bin/psql" -X -q -d bench -c 'VACUUM ANALYZE'
+db_mb=$("$bin/psql" -X -A -t -d bench -c "SELECT pg_database_size('bench') / 1048576")
+echo "bench: database ${db_mb} MiB (pgbench scale $scale)" >&2
+
+out="$work/out"; mkdir -p "$out"
+results="$work/results"; : > "$results"
+# measure NAME GROUP CMD: time one run, record seconds, peak RSS (KiB) and output size.
+measure() {
+  local name=$1 group=$2 cmd=$3
+  sync
+  /usr/bin/time -f "%e %M" -o "$work/time" bash -c "$cmd" >/dev/null 2>>"$work/log" \
+    || { echo "bench: $name failed, see $work/log" >&2; tail -5 "$work/log" >&2; exit 1; }
+  read -r secs kb < "$work/time"
+  local size=0; [ -f "$out/$name" ] && size=$(stat -c %s "$out/$name")
+  echo "$group $name $secs $kb $size" >> "$results"
+}
+fresh() { rm -rf "$out/x"; mkdir -p "$out/x"; }
+drop_target() { "$bin/psql" -X -q -d postgres -c "DROP DATABASE IF EXISTS target WITH (FORCE)"; }
+
+S="$work/store"
+for run in $(seq 1 "$runs"); do
+  echo "bench: run $run of $runs" >&2
+  if [ -z "$only" ] || [ "$only" = pack ]; then
+    measure mx-gzip pack "$mx create -q --force --variant files --all-files --files $S --output $out/mx-gzip"
+    measure tar-czf pack "tar czf $out/tar-czf -C $S ."
+    measure tar-pigz pack "tar cf - -C $S . | pigz -6 -p2 > $out/tar-pigz"
+    measure mx-zstd pack "$mx create -q --force --variant files --all-files --compression zstd --files $S --output $out/mx-zstd"
+    measure tar-zstd pack "tar cf - -C $S . | zstd -3 -T2 -q > $out/tar-zstd"
+  fi
+  if [ -z "$only" ] || [ "$only" = unpack ]; then
+    [ -f "$out/mx-gzip" ] || $mx create -q --variant files --all-files --files $S --output $out/mx-gzip
+    [ -f "$out/mx-zstd" ] || $mx create -q --variant files --all-files --compression zstd --files $S --output $out/mx-zstd
+    fresh; measure mx-unpack-gzip unpack "$mx restore -q --yes $out/mx-gzip --database '$url' --files $out/x/files"
+    fresh; measure tar-xzf unpack "tar xzf $out/mx-gzip -C $out/x"
+    fresh; measure pigz-tar-x unpack "pigz -dc $out/mx-gzip | tar xf - -C $out/x"
+    fresh; measure mx-unpack-zstd unpack "$mx restore -q --yes $out/mx-zstd --database '$url' --files $out/x/files"
+    fresh; measure zstd-tar-x unpack "zstd -dc $out/mx-zstd | tar xf - -C $out/x"
+  fi
+  if [ -z "$only" ] || [ "$only" = full ]; then
+    measure mx-full full "$mx create -q --force --database '$url' --files $S --output $out/mx-full"
+    measure dump-then-tar-gzip full "$bin/pg_dump -Fc -f $out/dump.backup bench && tar cf - -C $S . $out/dump.backup 2>/dev/null | gzip > $out/dump-then-tar-gzip"
+    measure dump-then-tar-pigz full "$bin/pg_dump -Fc -f $out/dump.backup bench && tar cf - -C $S . $out/dump.backup 2>/dev/null | pigz -p2 > $out/dump-then-tar-pigz"
+    measure pg_dump-Z0 full "$bin/pg_dump -Fc -Z0 -f $out/pg_dump-Z0 bench"
+    drop_target; fresh
+    measure mx-restore full "$mx restore -q --yes $out/mx-full --database 'postgresql:///target?host=$work/pg&user=postgres' --files $out/x/files"
+    drop_target; fresh
+    measure pg_restore-then-tar-x full "$bin/psql -X -q -d postgres -c 'CREATE DATABASE target' && $bin/pg_restore -j2 -d target $out/dump.backup && tar xzf $out/dump-then-tar-gzip -C $out/x"
+    drop_target
+  fi
+done
+
+python3 - "$results" "$size_mb" <<'PY'
+import statistics, sys, collections
+rows = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    g, n, s, kb, size = line.split()
+    rows[(g, n)].append((float(s), int(kb), int(size)))
+med = {k: (statistics.median(x[0] for x in v), max(x[1] for x in v), v[-1][2]) for k, v in rows.items()}
+mb = int(sys.argv[2])
+pairs = {"tar-czf": "mx-gzip", "tar-pigz": "mx-gzip", "tar-zstd": "mx-zstd",
+         "tar-xzf": "mx-unpack-gzip", "pigz-tar-x": "mx-unpack-gzip", "zstd-tar-x": "mx-unpack-zstd",
+         "dump-then-tar-gzip": "mx-full", "dump-then-tar-pigz": "mx-full", "pg_dump-Z0": "mx-full",
+         "pg_restore-then-tar-x": "mx-restore"}
+print(f"store {mb} MiB; medians of {max(len(v) for v in rows.values())} run(s)")
+print(f"{'scenario':24} {'group':7} {'seconds':>8} {'MB/s':>8} {'peak RSS':>9} {'output MB':>10} {'ratio':>12}")
+for (g, n), (s, kb, size) in med.items():
+    ratio = ""
+    if n in pairs and (g, pairs[n]) in med:
+        ratio = f"{s / med[(g, pairs[n])][0]:.2f}x for mx"
+    print(f"{n:24} {g:7} {s:8.2f} {mb * 1.048576 / s if s else 0:8.1f} {kb / 1024:8.1f}M {size / 1e6:10.1f} {ratio:>12}")
+PY
