@@ -35,6 +35,9 @@ pub enum Command {
     /// Restore an archive into a stopped environment, atomically (or into a managed local
     /// environment with --into).
     Restore(RestoreArgs),
+    /// Prepare an on-premises app's data for the cloud's upload: a strict full snapshot and a
+    /// database-only file from one dump, with a report.
+    PrepareUpload(PrepareArgs),
     /// Manage a local environment made by `restore --into`.
     Env {
         #[command(subcommand)]
@@ -57,6 +60,37 @@ pub struct EnvArgs {
     /// The environment directory.
     pub dir: PathBuf,
     /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PrepareArgs {
+    /// PostgreSQL URL of the app's database.
+    #[arg(long, value_name = "URL", conflicts_with = "m2ee", requires = "files")]
+    pub database: Option<String>,
+    /// The app's uploaded-files directory (data/files).
+    #[arg(long, value_name = "DIR", conflicts_with = "m2ee")]
+    pub files: Option<PathBuf>,
+    /// Read the database, file store and pid file from an m2ee-tools m2ee.yaml.
+    #[arg(long, value_name = "PATH", required_unless_present = "files")]
+    pub m2ee: Option<PathBuf>,
+    /// Directory for the snapshot and the database file.
+    #[arg(long, short, value_name = "DIR")]
+    pub output: PathBuf,
+    /// The app's pid file (taken from m2ee.yaml with --m2ee).
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
+    /// Go on while the app runs (the database still comes from one consistent snapshot).
+    #[arg(long)]
+    pub allow_running: bool,
+    /// Directory holding pg_dump and pg_restore (e.g. an older client for the cloud).
+    #[arg(long, value_name = "DIR")]
+    pub pg_bin: Option<PathBuf>,
+    /// The app's model version, recorded in .metadata.
+    #[arg(long, value_name = "V")]
+    pub model_version: Option<String>,
+    /// Print one JSON report on stdout.
     #[arg(long)]
     pub json: bool,
 }

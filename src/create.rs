@@ -49,6 +49,9 @@ pub struct CreateOptions {
     pub pg_bin: Option<PathBuf>,
     /// Replace an existing output file.
     pub force: bool,
+    /// Also keep the (full archive's) dump as a database-only file here: the same dump, so the
+    /// pair is consistent. The dump then keeps pg_dump's own compression.
+    pub keep_dump_as: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -71,6 +74,8 @@ pub struct CreateReport {
     pub model_version: String,
     pub seconds: f64,
     pub warnings: Vec<String>,
+    /// The database-only file kept with `keep_dump_as`.
+    pub dump_file: Option<PathBuf>,
 }
 
 /// Model version recorded when none is given: the cloud always knows it, we may not.
@@ -204,8 +209,8 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateRep
             (None, Some(p)) => p.path().to_path_buf(),
             (None, None) => unreachable!("direct dumps have a file"),
         };
-        let inner_level = match (variant, opts.compression) {
-            (Variant::Full, Compression::Gzip | Compression::Zstd) => Some(0),
+        let inner_level = match (variant, opts.compression, &opts.keep_dump_as) {
+            (Variant::Full, Compression::Gzip | Compression::Zstd, None) => Some(0),
             _ => None,
         };
         tools.dump_to_file(spec, snapshot.as_deref(), inner_level, &dump_path)?;
@@ -281,7 +286,27 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateRep
             }
         }
     };
+    let dump_file = match (
+        &opts.keep_dump_as,
+        dumped.as_ref().and_then(|d| d.spool.as_ref()),
+    ) {
+        (Some(path), Some(spool)) => {
+            spool
+                .as_file()
+                .sync_all()
+                .map_err(|e| Error::io("syncing the dump", e))?;
+            let copy = PendingFile::create(path, opts.force)?;
+            std::fs::copy(spool.path(), copy.path())
+                .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+            Some(copy)
+        }
+        _ => None,
+    };
     let output = match pending {
+        Some(p) => Some(p.commit()?),
+        None => None,
+    };
+    let dump_file = match dump_file {
         Some(p) => Some(p.commit()?),
         None => None,
     };
@@ -306,6 +331,7 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateRep
         model_version,
         seconds: started.elapsed().as_secs_f64(),
         warnings,
+        dump_file,
     })
 }
 

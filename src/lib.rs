@@ -11,8 +11,10 @@ pub mod env;
 pub mod error;
 pub mod files;
 pub mod local;
+pub mod m2ee;
 pub mod output;
 pub mod pg;
+pub mod prepare;
 pub mod progress;
 pub mod restore;
 

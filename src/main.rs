@@ -19,6 +19,7 @@ use mxsnap::create::{self, CreateOptions, CreateReport, Output};
 use mxsnap::env::Target;
 use mxsnap::local::LocalEnv;
 use mxsnap::pg::{ConnSpec, PgTools};
+use mxsnap::prepare::{self, PrepareOptions};
 use mxsnap::progress::Progress;
 use mxsnap::restore::{self, RestoreOptions};
 
@@ -119,6 +120,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         }
         Command::Restore(args) => run_restore(args, cli.quiet),
         Command::Env { action } => run_env(action),
+        Command::PrepareUpload(args) => run_prepare(args, cli.quiet),
         Command::Verify(args) => {
             let reporter = Reporter::new(cli.quiet);
             let tools = PgTools::find(args.pg_bin.as_deref())?;
@@ -131,6 +133,72 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             print_report(&args.read.archive, &report, args.read.json, true)
         }
     }
+}
+
+fn run_prepare(args: &cli::PrepareArgs, quiet: bool) -> anyhow::Result<()> {
+    let (database, files, pid_file) = match &args.m2ee {
+        Some(path) => {
+            let config = mxsnap::m2ee::load(path)?;
+            (
+                Some(config.conninfo()),
+                config.files.clone(),
+                args.pid_file.clone().or(config.pid_file.clone()),
+            )
+        }
+        None => (
+            args.database.clone(),
+            args.files.clone().expect("clap requires --files"),
+            args.pid_file.clone(),
+        ),
+    };
+    let opts = PrepareOptions {
+        database,
+        files,
+        pid_file,
+        output_dir: args.output.clone(),
+        pg_bin: args.pg_bin.clone(),
+        allow_running: args.allow_running,
+        model_version: args.model_version.clone(),
+    };
+    let reporter = Reporter::new(quiet);
+    let report = prepare::prepare(&opts, &reporter);
+    reporter.done();
+    let r = report.context("preparing the upload")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!("Ready for the cloud's upload:");
+    println!(
+        "  full snapshot:  {} ({})",
+        r.full_snapshot.display(),
+        human(r.full_snapshot_bytes)
+    );
+    println!(
+        "  database only:  {} ({}, dump archive version {})",
+        r.database_file.display(),
+        human(r.database_file_bytes),
+        r.dump_archive_version
+    );
+    let c = &r.files;
+    println!(
+        "  files:          {} included ({}); {} referenced, {} missing, {} orphaned, {} \
+         delete-after-download left out, {} in the legacy layout",
+        c.included,
+        human(r.files_bytes),
+        c.referenced,
+        c.missing,
+        c.orphaned,
+        c.delete_after_download,
+        c.legacy_layout
+    );
+    for check in &r.checks {
+        println!("  check ok:       {check}");
+    }
+    for w in &r.warnings {
+        println!("  warning:        {w}");
+    }
+    Ok(())
 }
 
 fn run_env(action: &cli::EnvAction) -> anyhow::Result<()> {
@@ -382,6 +450,7 @@ fn run_create(args: &cli::CreateArgs, quiet: bool) -> anyhow::Result<()> {
         strict_layout: args.strict_layout,
         pg_bin: args.pg_bin.clone(),
         force: args.force,
+        keep_dump_as: None,
     };
     let reporter = Reporter::new(quiet);
     let report = create::create(&opts, &reporter);

@@ -36,6 +36,25 @@ impl DumpHeader {
     pub fn cloud_accepts(&self) -> bool {
         (self.version.0, self.version.1) <= CLOUD_MAX_VERSION
     }
+
+    /// An error, saying what to do, when the cloud would reject this dump.
+    pub fn check_cloud_accepts(&self) -> Result<()> {
+        if self.cloud_accepts() {
+            return Ok(());
+        }
+        Err(Error::environment(format!(
+            "the dump has archive version {} (pg_dump {}), newer than the {}.{} the cloud \
+             accepts; the cloud would reject this upload",
+            self.archive_version,
+            self.pg_dump_version.as_deref().unwrap_or("?"),
+            CLOUD_MAX_VERSION.0,
+            CLOUD_MAX_VERSION.1
+        ))
+        .with_hint(
+            "dump with a PostgreSQL 16 or older client: pass its bin directory with --pg-bin \
+             (the server must be no newer than that client)",
+        ))
+    }
 }
 
 struct Cursor<'a> {
@@ -214,7 +233,12 @@ pub(crate) mod tests {
     #[test]
     fn newer_than_the_cloud_accepts_is_flagged() {
         assert!(parse(&craft(1, 15)).unwrap().cloud_accepts());
-        assert!(!parse(&craft(1, 16)).unwrap().cloud_accepts());
+        assert!(parse(&craft(1, 15)).unwrap().check_cloud_accepts().is_ok());
+        let too_new = parse(&craft(1, 16)).unwrap();
+        assert!(!too_new.cloud_accepts());
+        let e = too_new.check_cloud_accepts().unwrap_err();
+        assert!(e.message().contains("1.16.0"), "{e}");
+        assert!(e.hint().unwrap().contains("--pg-bin"));
     }
 
     #[test]

@@ -5,5 +5,6 @@ mod harness;
 mod support;
 
 mod create;
+mod prepare;
 mod restore;
 mod verify;

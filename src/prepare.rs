@@ -1,0 +1,176 @@
+//! `prepare-upload`: turn an on-premises app's data into what the cloud's upload accepts: a
+//! full snapshot in the strict cloud layout and a database-only file, made from one dump, plus
+//! a report of everything the cloud would object to.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::archive::dump_header;
+use crate::archive::{Compression, Variant, cloud_file_name};
+use crate::create::{self, CreateOptions, Output};
+use crate::env::{self, Target};
+use crate::error::{Error, ErrorKind, Result};
+use crate::files::FileCounts;
+use crate::pg::{ConnSpec, PgTools};
+use crate::progress::Progress;
+
+/// The cloud grows slow beyond this many files.
+pub const CLOUD_FILE_WARNING: u64 = 50_000;
+
+#[derive(Debug, Clone)]
+pub struct PrepareOptions {
+    /// URL or key=value connection string; `None` uses libpq's environment.
+    pub database: Option<String>,
+    pub files: PathBuf,
+    pub pid_file: Option<PathBuf>,
+    pub output_dir: PathBuf,
+    pub pg_bin: Option<PathBuf>,
+    pub allow_running: bool,
+    pub model_version: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PrepareReport {
+    pub full_snapshot: PathBuf,
+    pub full_snapshot_bytes: u64,
+    pub database_file: PathBuf,
+    pub database_file_bytes: u64,
+    pub dump_archive_version: String,
+    pub files_bytes: u64,
+    pub files: FileCounts,
+    pub checks: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+pub fn prepare(opts: &PrepareOptions, progress: &dyn Progress) -> Result<PrepareReport> {
+    let spec = ConnSpec::resolve(opts.database.as_deref())?;
+    let mut checks = Vec::new();
+    let mut warnings = Vec::new();
+
+    // The cloud rejects dumps newer than archive 1.15 (pg_dump 16): refuse before working.
+    let tools = PgTools::find(opts.pg_bin.as_deref())?;
+    let client = tools.pg_dump_major()?;
+    if client > 16 {
+        return Err(Error::environment(format!(
+            "{} is pg_dump {client}, which writes dump archives newer than 1.15; the cloud \
+             rejects them",
+            tools.pg_dump.display()
+        ))
+        .with_hint(
+            "pass --pg-bin with the bin directory of a PostgreSQL 16 or older client (the \
+             server must be no newer than that client)",
+        ));
+    }
+    checks.push(format!(
+        "pg_dump {client} writes dump archives the cloud accepts"
+    ));
+
+    // A running app gives a database and files from different moments.
+    let admin = env::admin_session(&spec)?;
+    let target = Target {
+        database: spec.clone(),
+        files: opts.files.clone(),
+        pid_file: opts.pid_file.clone(),
+    };
+    match target.check_stopped(&admin) {
+        Ok(passed) => checks.extend(passed),
+        Err(e) if e.kind() == ErrorKind::NotAllowed && opts.allow_running => {
+            warnings.push(format!(
+                "{}; continuing (--allow-running): the database comes from one consistent \
+             snapshot, but files changed meanwhile may not match it",
+                e.message()
+            ))
+        }
+        Err(e) => {
+            return Err(e.with_hint(
+                "stop the app first: a running app gives an inconsistent pair of database and \
+                 files (or pass --allow-running to accept that)",
+            ));
+        }
+    }
+    drop(admin);
+
+    std::fs::create_dir_all(&opts.output_dir)
+        .map_err(|e| Error::io(format!("creating {}", opts.output_dir.display()), e))?;
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let stamp = chrono::Utc::now().format("%Y%m%d%H%M").to_string();
+    let full = opts.output_dir.join(cloud_file_name(
+        Variant::Full,
+        Compression::Gzip,
+        &tag,
+        &stamp,
+    ));
+    let database_file = opts.output_dir.join(cloud_file_name(
+        Variant::Database,
+        Compression::Gzip,
+        &tag,
+        &stamp,
+    ));
+    let created = create::create(
+        &CreateOptions {
+            database: opts.database.clone(),
+            files: Some(opts.files.clone()),
+            output: Output::Path(full.clone()),
+            variant: Variant::Full,
+            compression: Compression::Gzip,
+            level: None,
+            model_version: opts.model_version.clone(),
+            comment: None,
+            all_files: false,
+            strict_layout: true,
+            pg_bin: opts.pg_bin.clone(),
+            force: false,
+            keep_dump_as: Some(database_file.clone()),
+        },
+        progress,
+    )?;
+    warnings.extend(created.warnings.iter().cloned());
+
+    // The authoritative check: the header of what was written.
+    let mut head = vec![0u8; 4096];
+    let n = {
+        let mut f = std::fs::File::open(&database_file)
+            .map_err(|e| Error::io(format!("reading {}", database_file.display()), e))?;
+        crate::archive::codec::read_full(&mut f, &mut head)
+            .map_err(|e| Error::io(format!("reading {}", database_file.display()), e))?
+    };
+    let header = dump_header::parse(&head[..n])?;
+    if let Err(e) = header.check_cloud_accepts() {
+        let _ = std::fs::remove_file(&full);
+        let _ = std::fs::remove_file(&database_file);
+        return Err(e);
+    }
+    checks.push(format!(
+        "dump archive version {} is at most 1.15",
+        header.archive_version
+    ));
+
+    let counts = created.files.clone().unwrap_or_default();
+    if counts.legacy_layout > 0 {
+        warnings.push(format!(
+            "{} file(s) are stored in the legacy numeric layout (<nn>/<number>); they travel \
+             as tree/<nn>/<number>",
+            counts.legacy_layout
+        ));
+    }
+    if counts.included > CLOUD_FILE_WARNING {
+        warnings.push(format!(
+            "{} files: with more than {CLOUD_FILE_WARNING} files every operation in the cloud \
+             (backup, restore, upload) becomes slow",
+            counts.included
+        ));
+    }
+    let size = |p: &PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    Ok(PrepareReport {
+        full_snapshot_bytes: size(&full),
+        database_file_bytes: size(&database_file),
+        full_snapshot: full,
+        database_file,
+        dump_archive_version: header.archive_version,
+        files_bytes: created.files_size.unwrap_or(0),
+        files: counts,
+        checks,
+        warnings,
+    })
+}
