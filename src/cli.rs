@@ -38,6 +38,11 @@ pub enum Command {
     /// Prepare an on-premises app's data for the cloud's upload: a strict full snapshot and a
     /// database-only file from one dump, with a report.
     PrepareUpload(PrepareArgs),
+    /// The snapshot catalogue: create, list, show, comment, delete, download, restore, prune.
+    Snapshots {
+        #[command(subcommand)]
+        action: SnapshotsAction,
+    },
     /// Manage a local environment made by `restore --into`.
     Env {
         #[command(subcommand)]
@@ -56,50 +61,110 @@ pub enum EnvAction {
 }
 
 #[derive(Debug, Args)]
-pub struct EnvArgs {
-    /// The environment directory.
-    pub dir: PathBuf,
-    /// Print one JSON object on stdout.
-    #[arg(long)]
-    pub json: bool,
+pub struct RepoArgs {
+    /// The catalogue directory.
+    #[arg(long, env = "MXSNAP_REPO", value_name = "DIR")]
+    pub repo: PathBuf,
+    /// Time zone of the retention schedule (days, Sundays, months).
+    #[arg(long, default_value = "UTC", value_name = "TZ")]
+    pub tz: String,
 }
 
-#[derive(Debug, Args)]
-pub struct PrepareArgs {
-    /// PostgreSQL URL of the app's database.
-    #[arg(long, value_name = "URL", conflicts_with = "m2ee", requires = "files")]
-    pub database: Option<String>,
-    /// The app's uploaded-files directory (data/files).
-    #[arg(long, value_name = "DIR", conflicts_with = "m2ee")]
-    pub files: Option<PathBuf>,
-    /// Read the database, file store and pid file from an m2ee-tools m2ee.yaml.
-    #[arg(long, value_name = "PATH", required_unless_present = "files")]
-    pub m2ee: Option<PathBuf>,
-    /// Directory for the snapshot and the database file.
-    #[arg(long, short, value_name = "DIR")]
-    pub output: PathBuf,
-    /// The app's pid file (taken from m2ee.yaml with --m2ee).
-    #[arg(long, value_name = "PATH")]
-    pub pid_file: Option<PathBuf>,
-    /// Go on while the app runs (the database still comes from one consistent snapshot).
-    #[arg(long)]
-    pub allow_running: bool,
-    /// Directory holding pg_dump and pg_restore (e.g. an older client for the cloud).
-    #[arg(long, value_name = "DIR")]
-    pub pg_bin: Option<PathBuf>,
-    /// The app's model version, recorded in .metadata.
-    #[arg(long, value_name = "V")]
-    pub model_version: Option<String>,
-    /// Print one JSON report on stdout.
-    #[arg(long)]
-    pub json: bool,
+#[derive(Debug, Subcommand)]
+pub enum SnapshotsAction {
+    /// Make a full snapshot of an environment into the catalogue.
+    Create {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Environment: Test, Acceptance, Production, or a flexible environment's name.
+        #[arg(long = "env", value_name = "NAME")]
+        environment: String,
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
+        #[arg(long, value_name = "DIR")]
+        files: PathBuf,
+        #[arg(long, value_name = "TEXT")]
+        comment: Option<String>,
+        /// A scheduled snapshot: created by "Nightly", kept by the nightly schedule.
+        #[arg(long)]
+        nightly: bool,
+        #[arg(long, value_name = "V")]
+        model_version: Option<String>,
+        #[arg(long, value_name = "DIR")]
+        pg_bin: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List snapshots (--json: the Backups API v1 fields).
+    List {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[arg(long = "env", value_name = "NAME")]
+        environment: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one snapshot's details.
+    Show {
+        #[command(flatten)]
+        repo: RepoArgs,
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a snapshot's comment.
+    Comment {
+        #[command(flatten)]
+        repo: RepoArgs,
+        id: String,
+        text: String,
+    },
+    /// Delete a snapshot and its archive.
+    Delete {
+        #[command(flatten)]
+        repo: RepoArgs,
+        id: String,
+    },
+    /// Write a stored snapshot out as the cloud's full, database-only or files-only download.
+    Download {
+        #[command(flatten)]
+        repo: RepoArgs,
+        id: String,
+        #[arg(long, default_value = "full", value_name = "full|database|files")]
+        variant: Variant,
+        #[arg(long, short, value_name = "FILE|DIR|-")]
+        output: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Restore a stored snapshot into any environment ("restore into").
+    Restore {
+        #[command(flatten)]
+        repo: RepoArgs,
+        id: String,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Delete the snapshots the retention schedule lets expire.
+    Prune {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[arg(long = "env", value_name = "NAME")]
+        environment: Option<String>,
+        /// Evaluate the schedule at this time (RFC 3339) instead of now.
+        #[arg(long, value_name = "TIMESTAMP")]
+        now: Option<String>,
+        /// List every snapshot with keep/delete and the rule behind it; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
+/// The target options of `mxsnap restore`, shared with `snapshots restore`.
 #[derive(Debug, Args)]
-pub struct RestoreArgs {
-    /// The archive, or - for standard input.
-    #[arg(value_name = "ARCHIVE|-")]
-    pub archive: PathBuf,
+pub struct TargetArgs {
     /// PostgreSQL URL of the target database (created when missing). Its user needs CREATEDB.
     #[arg(
         long,
@@ -147,6 +212,55 @@ pub struct RestoreArgs {
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EnvArgs {
+    /// The environment directory.
+    pub dir: PathBuf,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PrepareArgs {
+    /// PostgreSQL URL of the app's database.
+    #[arg(long, value_name = "URL", conflicts_with = "m2ee", requires = "files")]
+    pub database: Option<String>,
+    /// The app's uploaded-files directory (data/files).
+    #[arg(long, value_name = "DIR", conflicts_with = "m2ee")]
+    pub files: Option<PathBuf>,
+    /// Read the database, file store and pid file from an m2ee-tools m2ee.yaml.
+    #[arg(long, value_name = "PATH", required_unless_present = "files")]
+    pub m2ee: Option<PathBuf>,
+    /// Directory for the snapshot and the database file.
+    #[arg(long, short, value_name = "DIR")]
+    pub output: PathBuf,
+    /// The app's pid file (taken from m2ee.yaml with --m2ee).
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
+    /// Go on while the app runs (the database still comes from one consistent snapshot).
+    #[arg(long)]
+    pub allow_running: bool,
+    /// Directory holding pg_dump and pg_restore (e.g. an older client for the cloud).
+    #[arg(long, value_name = "DIR")]
+    pub pg_bin: Option<PathBuf>,
+    /// The app's model version, recorded in .metadata.
+    #[arg(long, value_name = "V")]
+    pub model_version: Option<String>,
+    /// Print one JSON report on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The archive, or - for standard input.
+    #[arg(value_name = "ARCHIVE|-")]
+    pub archive: PathBuf,
+    #[command(flatten)]
+    pub target: TargetArgs,
 }
 
 #[derive(Debug, Args)]

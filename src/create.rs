@@ -192,9 +192,21 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateRep
         let spool = if direct {
             None
         } else {
+            // Named after the output, so whoever cleans up after a crashed create (the
+            // catalogue does) recognises it.
+            let prefix = match &target {
+                Some(t) => format!(
+                    ".{}.dump.",
+                    t.file_name()
+                        .map(|n| n.to_string_lossy())
+                        .unwrap_or_default()
+                ),
+                None => ".mxsnap-dump.".to_string(),
+            };
             Some(
                 tempfile::Builder::new()
-                    .prefix(".mxsnap-dump.")
+                    .prefix(&prefix)
+                    .suffix(".partial")
                     .tempfile_in(&spool_dir)
                     .map_err(|e| {
                         Error::io(
@@ -392,7 +404,10 @@ fn write_tar<W: Write>(
         tar.append(&info, &mut file).map_err(writing)?;
     }
     if let Some(sel) = members.files {
-        for f in &sel.files {
+        for (i, f) in sel.files.iter().enumerate() {
+            if i == 1 {
+                crate::env::crash_point("create-writing");
+            }
             let (mut file, mtime) = open_store_file(&f.source, f.size)?;
             let path = format!("{TREE_PREFIX}{}", f.rel);
             let info = MemberInfo {

@@ -5,6 +5,7 @@
 //! through [`progress::Progress`]. The `mxsnap` binary is a thin layer over it.
 
 pub mod archive;
+pub mod catalog;
 pub mod check;
 pub mod create;
 pub mod env;

@@ -118,7 +118,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 report.with_context(|| format!("inspecting {}", args.archive.display()))?;
             print_report(&args.archive, &report, args.json, false)
         }
-        Command::Restore(args) => run_restore(args, cli.quiet),
+        Command::Restore(args) => run_restore(&args.target, &args.archive, cli.quiet),
+        Command::Snapshots { action } => run_snapshots(action, cli.quiet),
         Command::Env { action } => run_env(action),
         Command::PrepareUpload(args) => run_prepare(args, cli.quiet),
         Command::Verify(args) => {
@@ -133,6 +134,264 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             print_report(&args.read.archive, &report, args.read.json, true)
         }
     }
+}
+
+fn parse_tz(name: &str) -> anyhow::Result<chrono_tz::Tz> {
+    name.parse::<chrono_tz::Tz>().map_err(|_| {
+        anyhow::Error::new(mxsnap::Error::usage(format!(
+            "unknown time zone {name:?} (use an IANA name such as UTC or Europe/Amsterdam)"
+        )))
+    })
+}
+
+fn local_time(t: chrono::DateTime<chrono::Utc>, tz: chrono_tz::Tz) -> String {
+    t.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string()
+}
+
+fn run_snapshots(action: &cli::SnapshotsAction, quiet: bool) -> anyhow::Result<()> {
+    use cli::SnapshotsAction as A;
+    use mxsnap::catalog::{self, Repo};
+    match action {
+        A::Create {
+            repo,
+            environment,
+            database,
+            files,
+            comment,
+            nightly,
+            model_version,
+            pg_bin,
+            json,
+        } => {
+            let tz = parse_tz(&repo.tz)?;
+            let store = Repo::open(&repo.repo, true)?;
+            let reporter = Reporter::new(quiet);
+            let req = catalog::SnapshotRequest {
+                environment: environment.clone(),
+                database: database.clone(),
+                files: files.clone(),
+                comment: comment.clone(),
+                nightly: *nightly,
+                model_version: model_version.clone(),
+                pg_bin: pg_bin.clone(),
+            };
+            let rec = catalog::create_snapshot(&store, &req, tz, &reporter);
+            reporter.done();
+            let rec = rec.context("creating the snapshot")?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&rec.api_v1())?);
+            } else {
+                println!("{}", rec.id);
+                if !quiet {
+                    eprintln!(
+                        "mxsnap: snapshot {} of {} completed: {}, expires {}",
+                        rec.id,
+                        rec.environment,
+                        human(rec.archive_bytes.unwrap_or(0)),
+                        rec.expires_on.map_or("never".into(), |t| local_time(t, tz))
+                    );
+                }
+            }
+        }
+        A::List {
+            repo,
+            environment,
+            json,
+        } => {
+            let tz = parse_tz(&repo.tz)?;
+            let recs = Repo::open(&repo.repo, false)?.list(environment.as_deref(), tz)?;
+            if *json {
+                let v: Vec<_> = recs.iter().map(|r| r.api_v1()).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "{:36}  {:12} {:9} {:7} {:16}  {:16}  {:>9}  {:10} COMMENT",
+                    "SNAPSHOT ID",
+                    "ENVIRONMENT",
+                    "STATE",
+                    "KIND",
+                    "CREATED",
+                    "EXPIRES",
+                    "SIZE",
+                    "MODEL"
+                );
+                for r in &recs {
+                    println!(
+                        "{:36}  {:12} {:9} {:7} {:16}  {:16}  {:>9}  {:10} {}",
+                        r.id,
+                        r.environment,
+                        format!("{:?}", r.state),
+                        format!("{:?}", r.kind).to_lowercase(),
+                        local_time(r.created_on, tz),
+                        r.expires_on.map_or("-".into(), |t| local_time(t, tz)),
+                        r.archive_bytes.map_or("-".into(), human),
+                        r.model_version.as_deref().unwrap_or("-"),
+                        r.comment.as_deref().unwrap_or("")
+                    );
+                }
+            }
+        }
+        A::Show { repo, id, json } => {
+            let tz = parse_tz(&repo.tz)?;
+            let r = Repo::open(&repo.repo, false)?.get(id, tz)?;
+            if *json {
+                let mut v = serde_json::to_value(r.api_v1())?;
+                v["Environment"] = serde_json::json!(r.environment);
+                v["CreatedBy"] = serde_json::json!(r.created_by);
+                v["Kind"] = serde_json::json!(r.kind);
+                v["StatusMessage"] = serde_json::json!(r.status_message);
+                v["FinishedOn"] = serde_json::json!(r.finished_on.map(|t| t.timestamp_millis()));
+                v["Size"] = serde_json::json!(r.archive_bytes);
+                v["DumpSize"] = serde_json::json!(r.dump_bytes);
+                v["FilesSize"] = serde_json::json!(r.files_bytes);
+                v["DatabaseSize"] = serde_json::json!(r.database_bytes);
+                v["FileCount"] = serde_json::json!(r.file_count);
+                v["ArchiveSHA256"] = serde_json::json!(r.archive_sha256);
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("Snapshot ID:    {}", r.id);
+                println!("Environment:    {}", r.environment);
+                println!(
+                    "Status:         {:?}{}",
+                    r.state,
+                    r.status_message
+                        .as_ref()
+                        .map_or(String::new(), |m| format!(" ({m})"))
+                );
+                println!("Created by:     {}", r.created_by);
+                println!("Kind:           {:?}", r.kind);
+                println!("Date:           {}", local_time(r.created_on, tz));
+                println!(
+                    "Finished on:    {}",
+                    r.finished_on.map_or("-".into(), |t| local_time(t, tz))
+                );
+                println!(
+                    "Expires on:     {}",
+                    r.expires_on.map_or("-".into(), |t| local_time(t, tz))
+                );
+                println!(
+                    "Model version:  {}",
+                    r.model_version.as_deref().unwrap_or("-")
+                );
+                println!("Comment:        {}", r.comment.as_deref().unwrap_or(""));
+                println!(
+                    "Size:           {} (dump {}, files {} in {} files, database {})",
+                    r.archive_bytes.map_or("-".into(), human),
+                    r.dump_bytes.map_or("-".into(), human),
+                    r.files_bytes.map_or("-".into(), human),
+                    r.file_count.map_or("-".into(), |c| c.to_string()),
+                    r.database_bytes.map_or("-".into(), human)
+                );
+                println!(
+                    "SHA-256:        {}",
+                    r.archive_sha256.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        A::Comment { repo, id, text } => {
+            let r = Repo::open(&repo.repo, false)?.set_comment(id, text)?;
+            if !quiet {
+                eprintln!("mxsnap: comment of {} set", r.id);
+            }
+        }
+        A::Delete { repo, id } => {
+            let r = Repo::open(&repo.repo, false)?.delete(id)?;
+            if !quiet {
+                eprintln!("mxsnap: deleted snapshot {} of {}", r.id, r.environment);
+            }
+        }
+        A::Download {
+            repo,
+            id,
+            variant,
+            output,
+            force,
+        } => {
+            let store = Repo::open(&repo.repo, false)?;
+            let rec = store.get(id, chrono_tz::Tz::UTC)?;
+            let out = if output == Path::new("-") {
+                Output::Stdout
+            } else {
+                Output::Path(output.clone())
+            };
+            let reporter = Reporter::new(quiet);
+            reporter.stage("downloading", rec.archive_bytes);
+            let written = catalog::download(&store, &rec, *variant, &out, *force, &reporter);
+            reporter.done();
+            if let Some(path) = written.context("downloading the snapshot")? {
+                println!("{}", path.display());
+            }
+        }
+        A::Restore { repo, id, target } => {
+            let store = Repo::open(&repo.repo, false)?;
+            let rec = store.get(id, chrono_tz::Tz::UTC)?;
+            if rec.state != catalog::State::Completed {
+                anyhow::bail!(mxsnap::Error::usage(format!(
+                    "snapshot {} is {:?}, not Completed: it cannot be restored",
+                    rec.id, rec.state
+                )));
+            }
+            let archive = store
+                .archive_path(&rec)
+                .ok_or_else(|| mxsnap::Error::environment("the record names no archive"))?;
+            run_restore(target, &archive, quiet)?;
+        }
+        A::Prune {
+            repo,
+            environment,
+            now,
+            dry_run,
+            json,
+        } => {
+            let tz = parse_tz(&repo.tz)?;
+            let now = match now {
+                Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+                    .map_err(|e| {
+                        mxsnap::Error::usage(format!("--now {t:?} is not an RFC 3339 time: {e}"))
+                    })?
+                    .with_timezone(&chrono::Utc),
+                None => chrono::Utc::now(),
+            };
+            let decisions =
+                Repo::open(&repo.repo, false)?.prune(environment.as_deref(), now, tz, *dry_run)?;
+            if *json {
+                let v: Vec<_> = decisions
+                    .iter()
+                    .map(|(r, d)| {
+                        serde_json::json!({
+                            "SnapshotID": r.id,
+                            "Environment": r.environment,
+                            "State": r.state,
+                            "CreatedOn": r.created_on.timestamp_millis(),
+                            "ExpiresOn": d.expires.map(|t| t.timestamp_millis()),
+                            "Keep": d.keep,
+                            "Rule": d.rule,
+                            "Deleted": !d.keep && !*dry_run,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for (r, d) in &decisions {
+                    let verdict = match (d.keep, *dry_run) {
+                        (true, _) => "keep",
+                        (false, true) => "delete",
+                        (false, false) => "deleted",
+                    };
+                    println!(
+                        "{verdict:8} {}  {:12} {:9} {}  expires {:16}  {}",
+                        r.id,
+                        r.environment,
+                        format!("{:?}", r.state),
+                        local_time(r.created_on, tz),
+                        d.expires.map_or("never".into(), |t| local_time(t, tz)),
+                        d.rule.describe()
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn run_prepare(args: &cli::PrepareArgs, quiet: bool) -> anyhow::Result<()> {
@@ -261,7 +520,7 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
-fn run_restore(args: &cli::RestoreArgs, quiet: bool) -> anyhow::Result<()> {
+fn run_restore(args: &cli::TargetArgs, archive: &Path, quiet: bool) -> anyhow::Result<()> {
     let reporter = Reporter::new(quiet);
     let mut local = None;
     let target = match &args.into {
@@ -348,11 +607,11 @@ fn run_restore(args: &cli::RestoreArgs, quiet: bool) -> anyhow::Result<()> {
             ));
         }
     }
-    let (input, size) = open_input(&args.archive)?;
+    let (input, size) = open_input(archive)?;
     reporter.stage("restoring", size);
     let report = restore::execute(plan, input, &reporter);
     reporter.done();
-    let report = report.with_context(|| format!("restoring {}", args.archive.display()))?;
+    let report = report.with_context(|| format!("restoring {}", archive.display()))?;
     if args.json {
         let mut value = serde_json::to_value(&report)?;
         if let Some(env) = &local {

@@ -4,6 +4,7 @@
 mod harness;
 mod support;
 
+mod catalog;
 mod create;
 mod prepare;
 mod restore;
