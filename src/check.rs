@@ -70,6 +70,41 @@ pub fn verify(
     examine(input, Some(tools), None, progress)
 }
 
+/// What the first bytes of an archive tell, without reading it all (for a dry run).
+#[derive(Debug, Clone, Serialize)]
+pub struct Peek {
+    /// `None` when the first member does not settle it.
+    pub variant: Option<Variant>,
+    pub compression: Compression,
+    pub container: Container,
+    /// `.metadata`, when it is the first member (as in the cloud's layout).
+    pub metadata: Option<Metadata>,
+}
+
+/// Reads only the start of `input`: detection and, for a full snapshot, its `.metadata`.
+pub fn peek(input: Box<dyn Read + '_>) -> Result<Peek> {
+    let opened = detect::open(input)?;
+    let d = opened.detected;
+    let mut metadata = None;
+    if d.container == Container::Tar && opened.head.len() >= 512 {
+        let header = tar::Header::from_byte_slice(&opened.head[..512]);
+        let name = header.path_bytes();
+        let name = name.strip_prefix(b"./").unwrap_or(&name);
+        if name == METADATA.as_bytes() {
+            let size = header.entry_size().unwrap_or(0) as usize;
+            if let Some(body) = opened.head.get(512..512 + size) {
+                metadata = serde_json::from_slice(body).ok();
+            }
+        }
+    }
+    Ok(Peek {
+        variant: d.variant,
+        compression: d.compression,
+        container: d.container,
+        metadata,
+    })
+}
+
 /// Where `extract` puts what it reads.
 pub struct Sinks {
     /// The dump is copied here (a spool file for pg_restore).

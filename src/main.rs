@@ -560,10 +560,35 @@ fn run_restore(args: &cli::TargetArgs, archive: &Path, quiet: bool) -> anyhow::R
     let plan = restore::plan(opts)?;
     if args.dry_run {
         let view = plan.view();
+        let (input, size) = open_input(archive)?;
+        let peeked = check::peek(input)?;
+        let free =
+            mxsnap::env::free_space(&view.files.parent().unwrap_or(Path::new(".")).to_path_buf());
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&view)?);
+            let mut value = serde_json::to_value(&view)?;
+            value["archive"] = serde_json::to_value(&peeked)?;
+            value["archive_bytes"] = serde_json::json!(size);
+            value["free_bytes"] = serde_json::json!(free);
+            println!("{}", serde_json::to_string_pretty(&value)?);
         } else {
             println!("plan (dry run, nothing changed):");
+            println!(
+                "  archive:  {} ({}, {}{})",
+                archive.display(),
+                peeked
+                    .variant
+                    .map_or("variant known once read".to_string(), |v| v.to_string()),
+                peeked.compression,
+                size.map_or(String::new(), |s| format!(", {}", human(s)))
+            );
+            if let Some(m) = &peeked.metadata {
+                println!(
+                    "  needs:    dump {} bytes, files {} bytes (from .metadata); {} free there",
+                    m.dump_size,
+                    m.files_size,
+                    free.map_or("?".to_string(), human)
+                );
+            }
             println!(
                 "  database: {} ({})",
                 view.database,
