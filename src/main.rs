@@ -562,8 +562,7 @@ fn run_restore(args: &cli::TargetArgs, archive: &Path, quiet: bool) -> anyhow::R
         let view = plan.view();
         let (input, size) = open_input(archive)?;
         let peeked = check::peek(input)?;
-        let free =
-            mxsnap::env::free_space(&view.files.parent().unwrap_or(Path::new(".")).to_path_buf());
+        let free = mxsnap::env::free_space(view.files.parent().unwrap_or(Path::new(".")));
         if args.json {
             let mut value = serde_json::to_value(&view)?;
             value["archive"] = serde_json::to_value(&peeked)?;
