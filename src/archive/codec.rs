@@ -7,10 +7,17 @@ use super::Compression;
 /// Big enough to keep syscalls and codec calls few; small enough to keep memory flat.
 pub const IO_BUFFER: usize = 1 << 20;
 
+/// Compression threads: one per core.
+fn workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
 /// A compressing writer. It must be [`finish`](Encoder::finish)ed: the codecs write their
 /// trailers there, and a dropped encoder leaves a cut stream behind.
 pub enum Encoder<W: Write> {
-    Gzip(flate2::write::GzEncoder<W>),
+    Gzip(super::pgzip::ParallelGzEncoder<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
     Plain(W),
 }
@@ -18,17 +25,16 @@ pub enum Encoder<W: Write> {
 impl<W: Write> Encoder<W> {
     pub fn new(inner: W, compression: Compression, level: i32) -> io::Result<Encoder<W>> {
         Ok(match compression {
-            Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
+            Compression::Gzip => Encoder::Gzip(super::pgzip::ParallelGzEncoder::new(
                 inner,
-                flate2::Compression::new(level.clamp(0, 9) as u32),
+                level.clamp(0, 9) as u32,
+                workers(),
             )),
             Compression::Zstd => {
                 let mut enc = zstd::stream::write::Encoder::new(inner, level)?;
                 // A content checksum per frame lets a reader tell a flipped byte from data.
                 enc.include_checksum(true)?;
-                let workers = std::thread::available_parallelism()
-                    .map(|n| n.get() as u32)
-                    .unwrap_or(1);
+                let workers = workers() as u32;
                 if workers > 1 {
                     enc.multithread(workers)?;
                 }

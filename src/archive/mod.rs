@@ -7,6 +7,7 @@ pub mod detect;
 pub mod dump_header;
 pub mod layout;
 pub mod manifest;
+pub mod pgzip;
 pub mod reader;
 pub mod writer;
 

@@ -111,6 +111,12 @@ fn full_round_trip(compression: &str, ext: &str, codec_flag: &str) {
 #[test]
 fn full_gzip_round_trip_with_stock_tools() {
     full_round_trip("gzip", "tar.gz", "-z");
+    // The parallel encoder's members form one standard gzip stream.
+    let db = Db::with_fixture("gzipt");
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("a.tar.gz");
+    ok(create(&db, &archive, &[]));
+    tool_ok("gzip", &["-t", archive.to_str().unwrap()]);
 }
 
 #[test]
