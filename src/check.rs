@@ -14,7 +14,7 @@ use crate::archive::dump_header::{self, DumpHeader};
 use crate::archive::layout::{DUMP, METADATA, Member};
 use crate::archive::manifest::{self, METADATA_LIMIT, ManifestEntry, ManifestSpool, Metadata};
 use crate::archive::reader::{Visitor, walk_tar};
-use crate::archive::{Compression, Variant};
+use crate::archive::{Compression, Input, Variant};
 use crate::error::{Error, Result};
 use crate::pg::PgTools;
 use crate::progress::Progress;
@@ -56,17 +56,13 @@ impl<R: Read> Read for ProgressReader<'_, R> {
 }
 
 /// Describes the archive read from `input`.
-pub fn inspect(input: Box<dyn Read + '_>, progress: &dyn Progress) -> Result<Report> {
+pub fn inspect(input: Input<'_>, progress: &dyn Progress) -> Result<Report> {
     examine(input, None, None, progress)
 }
 
 /// Proves the archive read from `input` complete and intact, or says what is wrong.
 /// `tools` supplies the `pg_restore` that reads the dump.
-pub fn verify(
-    input: Box<dyn Read + '_>,
-    tools: &PgTools,
-    progress: &dyn Progress,
-) -> Result<Report> {
+pub fn verify(input: Input<'_>, tools: &PgTools, progress: &dyn Progress) -> Result<Report> {
     examine(input, Some(tools), None, progress)
 }
 
@@ -82,7 +78,7 @@ pub struct Peek {
 }
 
 /// Reads only the start of `input`: detection and, for a full snapshot, its `.metadata`.
-pub fn peek(input: Box<dyn Read + '_>) -> Result<Peek> {
+pub fn peek(input: Input<'_>) -> Result<Peek> {
     let opened = detect::open(input)?;
     let d = opened.detected;
     let mut metadata = None;
@@ -120,21 +116,17 @@ pub struct Sinks {
 /// Reads the archive with every check `verify` makes except pg_restore's (the restore itself
 /// runs pg_restore), writing the dump and the tree where `sinks` say. Any failure leaves
 /// partial output that the caller removes.
-pub fn extract(
-    input: Box<dyn Read + '_>,
-    sinks: &mut Sinks,
-    progress: &dyn Progress,
-) -> Result<Report> {
+pub fn extract(input: Input<'_>, sinks: &mut Sinks, progress: &dyn Progress) -> Result<Report> {
     examine(input, None, Some(sinks), progress)
 }
 
 fn examine(
-    input: Box<dyn Read + '_>,
+    input: Input<'_>,
     tools: Option<&PgTools>,
     sinks: Option<&mut Sinks>,
     progress: &dyn Progress,
 ) -> Result<Report> {
-    let input: Box<dyn Read + '_> = Box::new(ProgressReader {
+    let input: Input<'_> = Box::new(ProgressReader {
         inner: input,
         progress,
     });
@@ -560,7 +552,7 @@ fn examine_tar(
         checks: Vec::new(),
     };
     let mut content = opened.content;
-    let walked = walk_tar(&mut content, &mut ex)?;
+    let walked = crate::archive::codec::with_read_ahead(&mut *content, |r| walk_tar(r, &mut ex))?;
     let has_metadata = ex.order.contains(&"metadata");
     let has_dump = ex.dump_size.is_some();
     let variant = if has_metadata || has_dump {

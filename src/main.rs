@@ -4,7 +4,7 @@
 mod cli;
 
 use std::fs::File;
-use std::io::{self, IsTerminal, Read};
+use std::io::{self, IsTerminal};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -687,9 +687,9 @@ fn run_restore(args: &cli::TargetArgs, archive: &Path, quiet: bool) -> anyhow::R
     Ok(())
 }
 
-fn open_input(path: &Path) -> anyhow::Result<(Box<dyn Read>, Option<u64>)> {
+fn open_input(path: &Path) -> anyhow::Result<(mxsnap::archive::Input<'static>, Option<u64>)> {
     if path == Path::new("-") {
-        return Ok((Box::new(io::stdin().lock()), None));
+        return Ok((Box::new(io::stdin()), None));
     }
     let file = File::open(path).map_err(|e| {
         let err = if e.kind() == io::ErrorKind::NotFound {

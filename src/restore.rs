@@ -6,7 +6,6 @@
 //! filesystem), checks it all, and only then swaps (see `env`). Until the swap the target is
 //! untouched; a failure drops the staging copies.
 
-use std::io::Read;
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -201,7 +200,7 @@ pub fn plan(opts: RestoreOptions) -> Result<Plan> {
 /// Runs the plan with the archive read from `input`.
 pub fn execute(
     plan: Plan,
-    input: Box<dyn Read + '_>,
+    input: crate::archive::Input<'_>,
     progress: &dyn Progress,
 ) -> Result<RestoreReport> {
     let started = std::time::Instant::now();
@@ -288,7 +287,7 @@ pub fn execute(
 fn stage(
     plan: &Plan,
     journal: &mut Journal,
-    input: Box<dyn Read + '_>,
+    input: crate::archive::Input<'_>,
     want: Option<Variant>,
     progress: &dyn Progress,
 ) -> Result<(Report, Vec<String>)> {
@@ -421,20 +420,17 @@ fn stage(
     Ok((report, warnings))
 }
 
-/// fsyncs every file and directory below `root`.
+/// Makes everything written below `root` durable. One `syncfs` of the filesystem costs far
+/// less than an `fsync` per file when a store holds tens of thousands of them.
 fn sync_tree(root: &std::path::Path) -> Result<()> {
-    for entry in walkdir::WalkDir::new(root).contents_first(true) {
-        let entry = entry.map_err(|e| {
-            Error::io(
-                "syncing the staged files",
-                e.into_io_error()
-                    .unwrap_or_else(|| std::io::Error::other("filesystem loop")),
-            )
-        })?;
-        let f = std::fs::File::open(entry.path())
-            .map_err(|e| Error::io(format!("syncing {}", entry.path().display()), e))?;
-        f.sync_all()
-            .map_err(|e| Error::io(format!("syncing {}", entry.path().display()), e))?;
+    let dir = std::fs::File::open(root)
+        .map_err(|e| Error::io(format!("syncing {}", root.display()), e))?;
+    // SAFETY: syncfs on a descriptor we own.
+    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {
+        return Err(Error::io(
+            format!("syncing {}", root.display()),
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }

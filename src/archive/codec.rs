@@ -85,15 +85,83 @@ impl<W: Write> Write for Encoder<W> {
 /// Gzip is read as a series of members (as `gzip -d` does), so concatenated streams decode
 /// whole; zstd likewise reads every frame. Both report a cut or damaged trailer as an error
 /// when read to the end, which is why readers must always drain them.
-pub fn decoder<'a, R: BufRead + 'a>(
+pub fn decoder<'a, R: BufRead + Send + 'a>(
     inner: R,
     compression: Compression,
-) -> io::Result<Box<dyn Read + 'a>> {
+) -> io::Result<super::Input<'a>> {
     Ok(match compression {
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(inner)),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(inner)?),
         Compression::None => Box::new(inner),
     })
+}
+
+/// Reads `source` on a second thread, `IO_BUFFER` bytes at a time and a few chunks ahead, so
+/// decompression runs on one core while the consumer (tar parsing, hashing, writing files)
+/// runs on another. Memory: at most four chunks in flight.
+///
+/// `body` gets the reading end; when it returns (early, on an error), the reader thread
+/// stops at its next chunk.
+pub fn with_read_ahead<T>(
+    source: &mut (dyn Read + Send),
+    body: impl FnOnce(&mut dyn Read) -> T,
+) -> T {
+    use std::sync::mpsc::sync_channel;
+    std::thread::scope(|scope| {
+        let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(4);
+        scope.spawn(move || {
+            loop {
+                let mut chunk = vec![0u8; IO_BUFFER];
+                match read_full(source, &mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        chunk.truncate(n);
+                        if tx.send(Ok(chunk)).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        break;
+                    }
+                }
+            }
+        });
+        let mut reader = ChannelReader {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+        };
+        let out = body(&mut reader);
+        // Dropping the receiver ends the reader thread; the scope joins it.
+        drop(reader);
+        out
+    })
+}
+
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 /// Buffers a reader with our standard buffer size.
@@ -202,6 +270,32 @@ pub(crate) mod tests {
         both.extend(encode(Compression::Gzip));
         let out = decode(Compression::Gzip, &both).unwrap();
         assert_eq!(out.len(), 2 * sample().len());
+    }
+
+    #[test]
+    fn read_ahead_delivers_everything_and_errors_in_order() {
+        let data = sample();
+        let mut src = ShortReader::new(&data[..], 5);
+        let got = with_read_ahead(&mut src, |r| {
+            let mut v = Vec::new();
+            r.read_to_end(&mut v).map(|_| v)
+        });
+        assert_eq!(got.unwrap(), data);
+        let good = encode(Compression::Gzip);
+        let cut = &good[..good.len() - 5];
+        let mut d = decoder(BufReader::new(cut), Compression::Gzip).unwrap();
+        let got = with_read_ahead(&mut d, |r| {
+            let mut v = Vec::new();
+            r.read_to_end(&mut v)
+        });
+        assert!(got.is_err(), "a cut stream's error must come through");
+        // A consumer that stops early does not hang the reader.
+        let mut src = &data[..];
+        let first = with_read_ahead(&mut src, |r| {
+            let mut b = [0u8; 10];
+            r.read(&mut b)
+        });
+        assert!(first.unwrap() > 0);
     }
 
     #[test]

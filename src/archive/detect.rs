@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::codec::{buffered, decoder, read_full};
 use super::dump_header::MAGIC as DUMP_MAGIC;
-use super::{Compression, Variant};
+use super::{Compression, Input, Variant};
 use crate::error::{Error, Result};
 
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
@@ -36,7 +36,7 @@ pub struct Opened<'a> {
     pub detected: Detected,
     /// The first decompressed bytes (up to 4 KiB), also still readable from `content`.
     pub head: Vec<u8>,
-    pub content: Box<dyn Read + 'a>,
+    pub content: Input<'a>,
 }
 
 fn is_tar(block: &[u8]) -> bool {
@@ -57,7 +57,7 @@ fn tar_variant(block: &[u8]) -> Option<Variant> {
 }
 
 /// Opens `raw` and works out what it is.
-pub fn open<'a>(mut raw: Box<dyn Read + 'a>) -> Result<Opened<'a>> {
+pub fn open<'a>(mut raw: Input<'a>) -> Result<Opened<'a>> {
     let mut magic = vec![0u8; 512];
     let n = read_full(&mut raw, &mut magic).map_err(|e| Error::io("reading the input", e))?;
     magic.truncate(n);
@@ -71,7 +71,7 @@ pub fn open<'a>(mut raw: Box<dyn Read + 'a>) -> Result<Opened<'a>> {
     } else {
         Compression::None
     };
-    let rejoined: Box<dyn Read + 'a> = Box::new(Cursor::new(magic).chain(raw));
+    let rejoined: Input<'a> = Box::new(Cursor::new(magic).chain(raw));
     let mut content = decoder(buffered(rejoined), compression)
         .map_err(|e| Error::reading("opening the compressed stream", e))?;
     let mut head = vec![0u8; PEEK];
@@ -93,7 +93,7 @@ pub fn open<'a>(mut raw: Box<dyn Read + 'a>) -> Result<Opened<'a>> {
             "the input is not a snapshot: it is {what}"
         )));
     };
-    let content: Box<dyn Read + 'a> = Box::new(Cursor::new(head.clone()).chain(content));
+    let content: Input<'a> = Box::new(Cursor::new(head.clone()).chain(content));
     Ok(Opened {
         detected: Detected {
             compression,

@@ -12,9 +12,13 @@ pub mod reader;
 pub mod writer;
 
 use std::fmt;
+use std::io::Read;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+/// An archive being read: any byte source that can move to a reader thread.
+pub type Input<'a> = Box<dyn Read + Send + 'a>;
 
 /// What a snapshot holds, named as the cloud names its downloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
