@@ -153,7 +153,8 @@ fn read_pid(path: &Path) -> Result<Option<i32>> {
     }
 }
 
-fn process_alive(pid: i32) -> bool {
+/// True when process `pid` exists (ours to signal or not).
+pub fn process_alive(pid: i32) -> bool {
     if pid <= 0 {
         return false;
     }

@@ -123,12 +123,6 @@ struct RepoLock {
     _file: File,
 }
 
-fn process_alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    let rc = unsafe { libc::kill(pid as i32, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
 impl Repo {
     /// Opens the catalogue at `root`, making it when `create` and it does not exist yet.
     pub fn open(root: &Path, create: bool) -> Result<Repo> {
@@ -208,7 +202,9 @@ impl Repo {
             let mut rec: Record = serde_json::from_slice(&data).map_err(|e| {
                 Error::environment(format!("{} is not a snapshot record: {e}", path.display()))
             })?;
-            if rec.state == State::Running && !rec.pid.is_some_and(process_alive) {
+            if rec.state == State::Running
+                && !rec.pid.is_some_and(|p| crate::env::process_alive(p as i32))
+            {
                 rec.state = State::Failed;
                 rec.status_message = Some(
                     "interrupted: the process making this snapshot died before finishing"
@@ -343,10 +339,7 @@ impl Repo {
 }
 
 fn current_user() -> String {
-    std::env::var("USER")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "unknown".into())
+    crate::pg::conn::current_os_user().unwrap_or_else(|| "unknown".into())
 }
 
 /// What `snapshots create` is asked to do.

@@ -186,7 +186,8 @@ impl ConnSpec {
     }
 }
 
-fn current_os_user() -> Option<String> {
+/// The name of the user we run as ($USER, else the password database).
+pub(crate) fn current_os_user() -> Option<String> {
     env("USER").or_else(|| {
         // SAFETY: getpwuid returns a pointer into static storage or null; we copy out at once.
         unsafe {

@@ -36,6 +36,27 @@ fn capture_stderr(child: &mut Child) -> JoinHandle<String> {
     })
 }
 
+/// Runs `cmd` with no input or output and its stderr captured; `spawned` runs while the child
+/// does. Returns the exit status and the (end of the) stderr text.
+fn run_captured(
+    cmd: &mut Command,
+    program: &Path,
+    spawned: impl FnOnce(),
+) -> Result<(std::process::ExitStatus, String)> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::io(format!("starting {}", program.display()), e))?;
+    spawned();
+    let stderr = capture_stderr(&mut child);
+    let status = child
+        .wait()
+        .map_err(|e| Error::io(format!("waiting for {}", program.display()), e))?;
+    Ok((status, stderr.join().unwrap_or_default()))
+}
+
 fn search_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
@@ -157,17 +178,7 @@ impl PgTools {
         cmd.arg("--file").arg(path);
         // The connection travels in the environment only: nothing secret in argv.
         cmd.envs(spec.child_env());
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| Error::io(format!("starting {}", self.pg_dump.display()), e))?;
-        let stderr = capture_stderr(&mut child);
-        let status = child
-            .wait()
-            .map_err(|e| Error::io("waiting for pg_dump", e))?;
-        let text = stderr.join().unwrap_or_default();
+        let (status, text) = run_captured(&mut cmd, &self.pg_dump, || {})?;
         if !status.success() {
             let e = Error::environment(format!(
                 "pg_dump of {} failed ({status}): {text}",
@@ -194,18 +205,9 @@ impl PgTools {
         cmd.arg("--dbname").arg(spec.dbname());
         cmd.arg(path);
         cmd.envs(spec.child_env());
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| Error::io(format!("starting {}", self.pg_restore.display()), e))?;
-        crate::env::crash_point("pg_restore");
-        let stderr = capture_stderr(&mut child);
-        let status = child
-            .wait()
-            .map_err(|e| Error::io("waiting for pg_restore", e))?;
-        let text = stderr.join().unwrap_or_default();
+        let (status, text) = run_captured(&mut cmd, &self.pg_restore, || {
+            crate::env::crash_point("pg_restore")
+        })?;
         if status.success() {
             return Ok(());
         }

@@ -31,35 +31,10 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// The directory holding initdb/pg_ctl/psql: PATH first, then the newest Debian install.
+/// The directory holding initdb/pg_ctl/psql: the same lookup mxsnap's local environments use.
 pub fn pg_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            // Follow links (e.g. /usr/local/bin/initdb -> /usr/lib/postgresql/15/bin/initdb):
-            // the directory that really holds initdb holds psql and pg_dump too.
-            let Ok(initdb) = std::fs::canonicalize(dir.join("initdb")) else {
-                continue;
-            };
-            let real = initdb.parent().unwrap().to_path_buf();
-            if real.join("pg_ctl").is_file() && real.join("psql").is_file() {
-                return real;
-            }
-        }
-    }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+    mxsnap::local::server_bin()
         .expect("PostgreSQL server binaries not found: install postgresql (see .ci/run)")
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let v = e.file_name().to_str()?.parse().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("initdb").is_file().then_some((v, bin))
-        })
-        .collect();
-    versions.sort();
-    versions
-        .pop()
-        .expect("no /usr/lib/postgresql/*/bin/initdb: install postgresql (see .ci/run)")
-        .1
 }
 
 fn run_checked(cmd: &mut Command, what: &str) -> String {

@@ -201,39 +201,7 @@ fn files_only_restores_leave_the_database_alone() {
 fn a_cloud_shaped_archive_from_gnu_tar_and_pg_dump_restores() {
     let db = Db::with_fixture("cloudsrc");
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("snap");
-    std::fs::create_dir_all(root.join("db")).unwrap();
-    let dump = root.join("db/db.backup");
-    tool_ok(
-        &pg_tool("pg_dump"),
-        &["-O", "-x", "-Fc", "-f", dump.to_str().unwrap(), &db.url()],
-    );
-    let mut files_size = 0;
-    for rel in expected_tree(&db) {
-        let to = root.join("tree").join(&rel);
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(store().join(&rel), &to).unwrap();
-        files_size += std::fs::metadata(&to).unwrap().len();
-    }
-    let meta = serde_json::json!({
-        "duration": "3", "dumpSize": std::fs::metadata(&dump).unwrap().len().to_string(),
-        "modelVersion": "1.0.0.40", "databaseSize": "9730584", "filesSize": files_size.to_string(),
-    });
-    std::fs::write(root.join(".metadata"), meta.to_string()).unwrap();
-    let archive = dir
-        .path()
-        .join("files_and_database-fc9e126f-201811210121.tar.gz");
-    // `-C dir .` as a script would: "./" prefixes and directory entries.
-    tool_ok(
-        "tar",
-        &[
-            "-czf",
-            archive.to_str().unwrap(),
-            "-C",
-            root.to_str().unwrap(),
-            ".",
-        ],
-    );
+    let (archive, _) = cloud_shaped_archive(&db, dir.path(), TarStyle::Dot);
     let env = Env::new("cloud");
     let run = ok(env.restore(&archive, &["--model-version", "2.0.0.1"]));
     assert_eq!(env.db.checksums(), db.checksums());

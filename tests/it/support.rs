@@ -177,3 +177,46 @@ pub fn expected_tree(db: &Db) -> Vec<String> {
     out.sort();
     out
 }
+
+/// How GNU tar is asked to pack a cloud-shaped snapshot directory.
+pub enum TarStyle {
+    /// `tar czf A -C dir .metadata db tree`: the cloud's member names.
+    Named,
+    /// `tar czf A -C dir .`: "./" prefixes and directory entries, as a script might.
+    Dot,
+}
+
+/// A full snapshot made the way the cloud's is, with stock tools only: `pg_dump -O -x -Fc`, the
+/// referenced files copied into `tree/`, a `.metadata` and GNU tar. No manifest. Returns the
+/// archive and the dump file.
+pub fn cloud_shaped_archive(db: &Db, dir: &Path, style: TarStyle) -> (PathBuf, PathBuf) {
+    let root = dir.join("snap");
+    std::fs::create_dir_all(root.join("db")).unwrap();
+    let dump = root.join("db/db.backup");
+    tool_ok(
+        &pg_tool("pg_dump"),
+        &["-O", "-x", "-Fc", "-f", dump.to_str().unwrap(), &db.url()],
+    );
+    let mut files_size = 0;
+    for rel in expected_tree(db) {
+        let to = root.join("tree").join(&rel);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(store().join(&rel), &to).unwrap();
+        files_size += std::fs::metadata(&to).unwrap().len();
+    }
+    let meta = serde_json::json!({
+        "duration": "0",
+        "dumpSize": std::fs::metadata(&dump).unwrap().len().to_string(),
+        "modelVersion": "1.0.0.40",
+        "databaseSize": "9730584",
+        "filesSize": files_size.to_string(),
+    });
+    std::fs::write(root.join(".metadata"), meta.to_string()).unwrap();
+    let archive = dir.join("files_and_database-fc9e126f-201811210121.tar.gz");
+    let (a, r) = (archive.to_str().unwrap(), root.to_str().unwrap());
+    match style {
+        TarStyle::Named => tool_ok("tar", &["-czf", a, "-C", r, ".metadata", "db", "tree"]),
+        TarStyle::Dot => tool_ok("tar", &["-czf", a, "-C", r, "."]),
+    };
+    (archive, dump)
+}

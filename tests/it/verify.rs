@@ -237,43 +237,7 @@ fn what_is_not_an_archive_exits_3() {
 fn a_cloud_shaped_archive_made_with_stock_tools_verifies() {
     let db = Db::with_fixture("cloud");
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("snap");
-    std::fs::create_dir_all(root.join("db")).unwrap();
-    let dump = root.join("db/db.backup");
-    tool_ok(
-        &pg_tool("pg_dump"),
-        &["-O", "-x", "-Fc", "-f", dump.to_str().unwrap(), &db.url()],
-    );
-    let mut files_size = 0;
-    for rel in expected_tree(&db) {
-        let to = root.join("tree").join(&rel);
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(store().join(&rel), &to).unwrap();
-        files_size += std::fs::metadata(&to).unwrap().len();
-    }
-    let meta = serde_json::json!({
-        "duration": "0",
-        "dumpSize": std::fs::metadata(&dump).unwrap().len().to_string(),
-        "modelVersion": "1.0.0.40",
-        "databaseSize": "9730584",
-        "filesSize": files_size.to_string(),
-    });
-    std::fs::write(root.join(".metadata"), meta.to_string()).unwrap();
-    let archive = dir
-        .path()
-        .join("files_and_database-fc9e126f-201811210121.tar.gz");
-    tool_ok(
-        "tar",
-        &[
-            "-czf",
-            archive.to_str().unwrap(),
-            "-C",
-            root.to_str().unwrap(),
-            ".metadata",
-            "db",
-            "tree",
-        ],
-    );
+    let (archive, dump) = cloud_shaped_archive(&db, dir.path(), TarStyle::Named);
     let run = ok(verify(&archive));
     assert!(run.stdout.contains("no manifest present"), "{}", run.stdout);
     let json = ok(mxsnap(&["inspect", archive.to_str().unwrap(), "--json"])).json();
