@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side throughput of mxsnap and the shell baselines on the same data.
 #
-#   benches/compare.sh [--size-mb N] [--quick] [--runs N] [--only pack|unpack|full]
+#   benches/compare.sh [--size-mb N] [--quick] [--runs N] [--only pack,unpack,full]
 #
 # Generates a seeded file store (benches/gen_store.py) and a pgbench database of matching size
 # with a system$filedocument row per file, in a throwaway cluster; then runs every scenario
@@ -15,7 +15,7 @@ while [ $# -gt 0 ]; do
     --size-mb) size_mb=$2; shift 2 ;;
     --quick) size_mb=64; runs=1; shift ;;
     --runs) runs=$2; shift 2 ;;
-    --only) only=$2; shift 2 ;;
+    --only) only=",$2,"; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -68,14 +68,14 @@ drop_target() { "$bin/psql" -X -q -d postgres -c "DROP DATABASE IF EXISTS target
 S="$work/store"
 for run in $(seq 1 "$runs"); do
   echo "bench: run $run of $runs" >&2
-  if [ -z "$only" ] || [ "$only" = pack ]; then
+  if [ -z "$only" ] || [[ "$only" == *,pack,* ]]; then
     measure mx-gzip pack "$mx create -q --force --variant files --all-files --files $S --output $out/mx-gzip"
     measure tar-czf pack "tar czf $out/tar-czf -C $S ."
     measure tar-pigz pack "tar cf - -C $S . | pigz -6 -p2 > $out/tar-pigz"
     measure mx-zstd pack "$mx create -q --force --variant files --all-files --compression zstd --files $S --output $out/mx-zstd"
     measure tar-zstd pack "tar cf - -C $S . | zstd -3 -T2 -q > $out/tar-zstd"
   fi
-  if [ -z "$only" ] || [ "$only" = unpack ]; then
+  if [ -z "$only" ] || [[ "$only" == *,unpack,* ]]; then
     [ -f "$out/mx-gzip" ] || $mx create -q --variant files --all-files --files $S --output $out/mx-gzip
     [ -f "$out/mx-zstd" ] || $mx create -q --variant files --all-files --compression zstd --files $S --output $out/mx-zstd
     fresh; measure mx-unpack-gzip unpack "$mx restore -q --yes $out/mx-gzip --database '$url' --files $out/x/files"
@@ -84,7 +84,7 @@ for run in $(seq 1 "$runs"); do
     fresh; measure mx-unpack-zstd unpack "$mx restore -q --yes $out/mx-zstd --database '$url' --files $out/x/files"
     fresh; measure zstd-tar-x unpack "zstd -dc $out/mx-zstd | tar xf - -C $out/x"
   fi
-  if [ -z "$only" ] || [ "$only" = full ]; then
+  if [ -z "$only" ] || [[ "$only" == *,full,* ]]; then
     measure mx-full full "$mx create -q --force --database '$url' --files $S --output $out/mx-full"
     measure dump-then-tar-gzip full "$bin/pg_dump -Fc -f $out/dump.backup bench && tar cf - -C $S . $out/dump.backup 2>/dev/null | gzip > $out/dump-then-tar-gzip"
     measure dump-then-tar-pigz full "$bin/pg_dump -Fc -f $out/dump.backup bench && tar cf - -C $S . $out/dump.backup 2>/dev/null | pigz -p2 > $out/dump-then-tar-pigz"
