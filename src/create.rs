@@ -278,6 +278,7 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateRep
             files_size: files_size.unwrap_or(0).to_string(),
         });
         let members = Members {
+            store: opts.files.as_deref().unwrap_or(Path::new(".")),
             metadata: metadata.as_ref(),
             dump: dumped.as_ref(),
             files: selection.as_ref(),
@@ -366,6 +367,7 @@ fn warn_about_selection(sel: &Selection, warnings: &mut Vec<String>) {
 }
 
 struct Members<'a> {
+    store: &'a Path,
     metadata: Option<&'a Metadata>,
     dump: Option<&'a Dumped>,
     files: Option<&'a Selection>,
@@ -408,7 +410,7 @@ fn write_tar<W: Write>(
             if i == 1 {
                 crate::env::crash_point("create-writing");
             }
-            let (mut file, mtime) = open_store_file(&f.source, f.size)?;
+            let (mut file, mtime) = open_store_file(&members.store.join(&*f.rel), f.size)?;
             let path = format!("{TREE_PREFIX}{}", f.rel);
             let info = MemberInfo {
                 path: &path,

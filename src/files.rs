@@ -5,7 +5,7 @@
 //! exactly the files with contents that are not delete-after-download, found in either layout.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
 
@@ -13,11 +13,11 @@ use crate::archive::layout::{is_tree_name, legacy_rel_path, uuid_rel_path};
 use crate::error::{Error, Result};
 use crate::pg::FileDocument;
 
-/// One file to pack: its path below `tree/` and on disk, and the size seen when scanning.
+/// One file to pack: its path below `tree/` (and below the store), and the size seen when
+/// scanning. Kept small: a store of a million files holds a million of these.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreFile {
-    pub rel: String,
-    pub source: PathBuf,
+    pub rel: Box<str>,
     pub size: u64,
 }
 
@@ -147,8 +147,7 @@ pub fn select_referenced(store: &Path, docs: &[FileDocument]) -> Result<Selectio
                 }
                 sel.total_bytes += size;
                 sel.files.push(StoreFile {
-                    source: store.join(&rel),
-                    rel,
+                    rel: rel.into_boxed_str(),
                     size,
                 });
             }
@@ -180,8 +179,7 @@ pub fn select_all(store: &Path) -> Result<Selection> {
             }
             sel.total_bytes += size;
             sel.files.push(StoreFile {
-                source: store.join(&rel),
-                rel,
+                rel: rel.into_boxed_str(),
                 size,
             });
         } else {
@@ -198,6 +196,7 @@ pub fn select_all(store: &Path) -> Result<Selection> {
 
 fn finish(mut sel: Selection) -> Result<Selection> {
     sel.files.sort_by(|a, b| a.rel.cmp(&b.rel));
+    sel.files.shrink_to_fit();
     sel.counts.included = sel.files.len() as u64;
     Ok(sel)
 }
@@ -245,7 +244,7 @@ mod tests {
             doc("4ccccccc-0000-4000-8000-000000000004", 5, false, false),
         ];
         let sel = select_referenced(root, &docs).unwrap();
-        let rels: Vec<_> = sel.files.iter().map(|f| f.rel.as_str()).collect();
+        let rels: Vec<_> = sel.files.iter().map(|f| &*f.rel).collect();
         assert_eq!(rels, vec!["01/1234", uuid_rel_path(A).as_str()]);
         assert_eq!(
             sel.counts,
