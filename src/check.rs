@@ -111,6 +111,9 @@ pub struct Sinks {
     pub space_on: Option<PathBuf>,
     pub extracted_files: u64,
     pub extracted_bytes: u64,
+    /// Told once the dump is whole in `dump_to` (the archive's second member), so a restore
+    /// can start pg_restore while the files are still being extracted.
+    pub dump_ready: Option<std::sync::mpsc::Sender<()>>,
 }
 
 /// Reads the archive with every check `verify` makes except pg_restore's (the restore itself
@@ -150,11 +153,15 @@ fn examine_dump(
         count: 0,
     };
     let mut checks = Vec::new();
+    let ready = sinks.as_ref().and_then(|s| s.dump_ready.clone());
     let spool = sinks.and_then(|s| s.dump_to.as_mut());
     match tools {
         None if spool.is_some() => {
             let spool = spool.expect("checked");
             copy_into(&mut counted, spool, "the dump spool")?;
+            if let Some(tx) = ready {
+                let _ = tx.send(());
+            }
             if opened.detected.compression != Compression::None {
                 checks.push(format!(
                     "{} stream complete, trailer checksum good",
@@ -348,6 +355,9 @@ impl Examiner<'_, '_> {
                 .write_all(&head)
                 .map_err(|e| Error::io("writing the dump spool", e))?;
             copy_into(data, spool, "the dump spool")?;
+            if let Some(tx) = self.sinks.as_mut().and_then(|s| s.dump_ready.take()) {
+                let _ = tx.send(());
+            }
         } else if let Some(tools) = self.tools {
             let mut rejoined = std::io::Cursor::new(head).chain(data);
             tools

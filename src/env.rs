@@ -117,7 +117,7 @@ impl Target {
             }
         }
         let db = self.database.dbname();
-        let sessions = admin.sessions_on(db)?;
+        let sessions = settled_sessions(admin, db)?;
         if !sessions.is_empty() {
             return Err(Error::not_allowed(format!(
                 "database {db} is in use by {} session(s): {}",
@@ -129,6 +129,20 @@ impl Target {
         passed.push(format!("no other session is connected to database {db}"));
         Ok(passed)
     }
+}
+
+/// Sessions on `db`, asked again for up to two seconds while there are any: a client that has
+/// just disconnected stays listed until its backend has exited, which takes a moment.
+fn settled_sessions(admin: &Session, db: &str) -> Result<Vec<String>> {
+    let mut sessions = admin.sessions_on(db)?;
+    for _ in 0..20 {
+        if sessions.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        sessions = admin.sessions_on(db)?;
+    }
+    Ok(sessions)
 }
 
 pub struct EnvLock {
@@ -287,7 +301,7 @@ pub fn complete_swap(j: &Journal, admin: &Session, journal_path: &Path) -> Resul
         if now.as_deref() == Some(staging.as_str()) {
             let target_exists = admin.database_oid(&j.target_db)?.is_some();
             if target_exists {
-                let sessions = admin.sessions_on(&j.target_db)?;
+                let sessions = settled_sessions(admin, &j.target_db)?;
                 if !sessions.is_empty() {
                     return Err(Error::not_allowed(format!(
                         "database {} gained sessions during the restore: {}",

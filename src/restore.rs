@@ -300,15 +300,51 @@ fn stage(
     let spool_path = work.join("db.backup");
     let spool = std::fs::File::create(&spool_path)
         .map_err(|e| Error::io(format!("creating {}", spool_path.display()), e))?;
+    let maybe_db = want != Some(Variant::Files);
+    if maybe_db {
+        // Named before it exists, so a crash from here on drops it on the next run.
+        journal.staging_db = Some(plan.staging_db.clone());
+        journal.save(&journal_path)?;
+    }
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     let mut sinks = Sinks {
-        dump_to: (want != Some(Variant::Files)).then_some(spool),
+        dump_to: maybe_db.then_some(spool),
         tree_to: (want != Some(Variant::Database)).then(|| staging_files.clone()),
         space_on: Some(work.clone()),
         extracted_files: 0,
         extracted_bytes: 0,
+        dump_ready: maybe_db.then_some(ready_tx),
     };
+    let abort = std::sync::atomic::AtomicBool::new(false);
     progress.stage("reading and checking the archive", None);
-    let report = check::extract(input, &mut sinks, progress)?;
+    // The database half starts as soon as the dump is spooled and runs while the files are
+    // extracted and checked; both must succeed before anything is swapped.
+    let (spool_ref, abort_ref) = (&spool_path, &abort);
+    let (extracted, restored) = std::thread::scope(|scope| {
+        let db_half = scope.spawn(move || -> Result<bool> {
+            if ready_rx.recv().is_err() {
+                return Ok(false);
+            }
+            restore_staging_db(plan, spool_ref, abort_ref)?;
+            Ok(true)
+        });
+        let extracted = check::extract(input, &mut sinks, progress);
+        drop(sinks.dump_ready.take());
+        drop(sinks.dump_to.take());
+        if extracted.is_err() {
+            // Stop pg_restore early: dropping the staging database ends its connections.
+            abort.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = plan.admin.execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                crate::pg::query::quote_ident(&plan.staging_db)
+            ));
+        }
+        let restored = db_half
+            .join()
+            .unwrap_or_else(|_| Err(Error::environment("the database restore thread panicked")));
+        (extracted, restored)
+    });
+    let report = extracted?;
     let actual = report.variant;
     let fits = match want {
         None => true,
@@ -336,45 +372,14 @@ fn stage(
     if report.container == Container::Tar && restore_db && report.dump_size.is_none() {
         return Err(Error::corrupt("the archive holds no database dump"));
     }
+    let restored = restored?;
+    if restore_db != restored {
+        return Err(Error::environment(
+            "the database half of the restore did not run as the archive required",
+        ));
+    }
 
     if restore_db {
-        drop(sinks.dump_to.take());
-        journal.staging_db = Some(plan.staging_db.clone());
-        journal.save(&journal_path)?;
-        let db = target.database.dbname();
-        let like = if plan.target_db_exists {
-            plan.admin.database_locale(db)?
-        } else {
-            None
-        };
-        let mut sql = format!(
-            "CREATE DATABASE {} TEMPLATE template0",
-            crate::pg::query::quote_ident(&plan.staging_db)
-        );
-        if let Some((encoding, collate, ctype)) = like {
-            sql.push_str(&format!(
-                " ENCODING '{encoding}' LC_COLLATE '{}' LC_CTYPE '{}'",
-                collate.replace('\'', "''"),
-                ctype.replace('\'', "''")
-            ));
-        }
-        plan.admin.execute(&sql)?;
-        // Say what it is, for whoever finds it: a crash before the swap may leave it behind
-        // until the next mxsnap run on the environment drops it.
-        let note = format!(
-            "mxsnap staging copy for database {db} (files {}); the next mxsnap run on that \
-             environment removes it",
-            target.files.display()
-        );
-        plan.admin.execute(&format!(
-            "COMMENT ON DATABASE {} IS '{}'",
-            crate::pg::query::quote_ident(&plan.staging_db),
-            note.replace('\'', "''")
-        ))?;
-        progress.stage("restoring the database into staging", None);
-        let staging_spec = target.database.with_dbname(&plan.staging_db);
-        plan.tools
-            .restore_into(&staging_spec, &spool_path, plan.opts.jobs.max(1))?;
         journal.staging_db_oid = plan.admin.database_oid(&plan.staging_db)?;
         if journal.staging_db_oid.is_none() {
             return Err(Error::environment(
@@ -383,6 +388,7 @@ fn stage(
         }
         if actual == Variant::Database || !restore_files {
             // The restored database may reference files this environment's store lacks.
+            let staging_spec = target.database.with_dbname(&plan.staging_db);
             let staging = Session::connect(&staging_spec)?;
             if let Some(docs) = staging.file_documents()? {
                 if target.files.is_dir() {
@@ -405,6 +411,9 @@ fn stage(
                 }
             }
         }
+    } else if maybe_db {
+        // Nothing was restored into it; the name need not be dropped at cleanup.
+        journal.staging_db = None;
     }
     let _ = std::fs::remove_file(&spool_path);
     journal.swap_files = restore_files;
@@ -418,6 +427,55 @@ fn stage(
     journal.phase = Phase::Prepared;
     journal.save(&journal_path)?;
     Ok((report, warnings))
+}
+
+/// Creates the staging database (like the target: encoding and locale) and pg_restores the
+/// spooled dump into it. Runs on its own thread, with its own admin connection, while the main
+/// thread extracts the files. `abort` stops it between steps.
+fn restore_staging_db(
+    plan: &Plan,
+    spool_path: &std::path::Path,
+    abort: &std::sync::atomic::AtomicBool,
+) -> Result<()> {
+    use std::sync::atomic::Ordering;
+    let target = &plan.opts.target;
+    let admin = env::admin_session(&target.database)?;
+    if abort.load(Ordering::SeqCst) {
+        return Err(Error::environment("restore aborted"));
+    }
+    let db = target.database.dbname();
+    let like = if plan.target_db_exists {
+        admin.database_locale(db)?
+    } else {
+        None
+    };
+    let quoted = crate::pg::query::quote_ident(&plan.staging_db);
+    let mut sql = format!("CREATE DATABASE {quoted} TEMPLATE template0");
+    if let Some((encoding, collate, ctype)) = like {
+        sql.push_str(&format!(
+            " ENCODING '{encoding}' LC_COLLATE '{}' LC_CTYPE '{}'",
+            collate.replace('\'', "''"),
+            ctype.replace('\'', "''")
+        ));
+    }
+    admin.execute(&sql)?;
+    // Say what it is, for whoever finds it: a crash before the swap may leave it behind until
+    // the next mxsnap run on the environment drops it.
+    let note = format!(
+        "mxsnap staging copy for database {db} (files {}); the next mxsnap run on that \
+         environment removes it",
+        target.files.display()
+    );
+    admin.execute(&format!(
+        "COMMENT ON DATABASE {quoted} IS '{}'",
+        note.replace('\'', "''")
+    ))?;
+    if abort.load(Ordering::SeqCst) {
+        return Err(Error::environment("restore aborted"));
+    }
+    let staging_spec = target.database.with_dbname(&plan.staging_db);
+    plan.tools
+        .restore_into(&staging_spec, spool_path, plan.opts.jobs.max(1))
 }
 
 /// Makes everything written below `root` durable. One `syncfs` of the filesystem costs far
