@@ -94,6 +94,8 @@ for run in $(seq 1 "$runs"); do
     drop_target; fresh
     measure pg_restore-then-tar-x full "$bin/psql -X -q -d postgres -c 'CREATE DATABASE target' && $bin/pg_restore -j2 -d target $out/dump.backup && tar xzf $out/dump-then-tar-gzip -C $out/x"
     drop_target
+    measure pg_restore-j2-alone full "$bin/psql -X -q -d postgres -c 'CREATE DATABASE target' && $bin/pg_restore -j2 -d target $out/dump.backup"
+    drop_target
   fi
 done
 
