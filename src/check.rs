@@ -225,20 +225,12 @@ impl Read for CountingReader<'_> {
 
 /// Copies `from` to its end into `to`; a failure to write is ours (disk full), a failure to
 /// read is the archive's.
-fn copy_into(from: &mut dyn Read, to: &mut dyn Write, what: &str) -> Result<u64> {
-    let mut buf = vec![0u8; crate::archive::codec::IO_BUFFER];
-    let mut total = 0;
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::reading("reading the archive", e)),
-        };
-        to.write_all(&buf[..n])
-            .map_err(|e| Error::io(format!("writing {what}"), e))?;
-        total += n as u64;
-    }
+pub(crate) fn copy_into(from: &mut dyn Read, to: &mut dyn Write, what: &str) -> Result<u64> {
+    use crate::archive::codec::{PumpError, pump};
+    pump(from, |chunk| to.write_all(chunk)).map_err(|e| match e {
+        PumpError::Read(e) => Error::reading("reading the archive", e),
+        PumpError::Write(e) => Error::io(format!("writing {what}"), e),
+    })
 }
 
 /// Gathers what the walk sees.

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::archive::codec::{PumpError, pump};
 use crate::archive::layout::{DUMP, METADATA, TREE_PREFIX};
 use crate::archive::manifest::Metadata;
 use crate::archive::writer::{MemberInfo, TarOptions, TarWriter, Written, now_secs};
@@ -469,19 +470,16 @@ fn copy_to_stdout(dumped: &Dumped, progress: &dyn Progress) -> Result<Written> {
         .map_err(|e| Error::io("reopening the dump spool", e))?;
     let mut out = io::stdout().lock();
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; crate::archive::codec::IO_BUFFER];
     progress.stage("writing the dump", Some(dumped.size));
-    loop {
-        let n = io::Read::read(&mut file, &mut buf)
-            .map_err(|e| Error::io("reading the dump spool", e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .map_err(|e| Error::io("writing to standard output", e))?;
-        progress.advance(n as u64);
-    }
+    pump(&mut file, |chunk| {
+        hasher.update(chunk);
+        progress.advance(chunk.len() as u64);
+        out.write_all(chunk)
+    })
+    .map_err(|e| match e {
+        PumpError::Read(e) => Error::io("reading the dump spool", e),
+        PumpError::Write(e) => Error::io("writing to standard output", e),
+    })?;
     out.flush()
         .map_err(|e| Error::io("writing to standard output", e))?;
     Ok(Written {
@@ -497,14 +495,14 @@ fn sha256_of_file(path: &Path) -> Result<String> {
     let mut file =
         File::open(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; crate::archive::codec::IO_BUFFER];
-    loop {
-        let n = io::Read::read(&mut file, &mut buf)
-            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-        if n == 0 {
-            break;
+    pump(&mut file, |chunk| {
+        hasher.update(chunk);
+        Ok(())
+    })
+    .map_err(|e| match e {
+        PumpError::Read(e) | PumpError::Write(e) => {
+            Error::io(format!("reading {}", path.display()), e)
         }
-        hasher.update(&buf[..n]);
-    }
+    })?;
     Ok(crate::archive::writer::hex(&hasher.finalize()))
 }

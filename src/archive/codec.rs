@@ -175,6 +175,33 @@ pub fn buffered<'a, R: Read + 'a>(inner: R) -> BufReader<R> {
     BufReader::with_capacity(IO_BUFFER, inner)
 }
 
+/// Where a [`pump`] failed: reading its source, or handing a chunk on.
+#[derive(Debug)]
+pub enum PumpError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Reads `from` to its end in `IO_BUFFER` chunks, handing each to `each`; returns the bytes
+/// moved. The one copy loop of the crate: callers decide what a read or a write error means.
+pub fn pump(
+    from: &mut dyn Read,
+    mut each: impl FnMut(&[u8]) -> io::Result<()>,
+) -> Result<u64, PumpError> {
+    let mut buf = vec![0u8; IO_BUFFER];
+    let mut total = 0;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(PumpError::Read(e)),
+        };
+        each(&buf[..n]).map_err(PumpError::Write)?;
+        total += n as u64;
+    }
+}
+
 /// Reads until `buf` is full or the input ends, whatever sizes `read` returns.
 pub fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;

@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
+use crate::archive::codec::{PumpError, pump};
 use crate::archive::layout::Member;
 use crate::archive::reader::{Visitor, walk_tar};
 use crate::archive::writer::{MemberInfo, TarOptions, TarWriter, now_secs};
@@ -493,18 +494,15 @@ pub fn download(
             use sha2::{Digest, Sha256};
             let mut hasher = Sha256::new();
             let mut input = input;
-            let mut buf = vec![0u8; crate::archive::codec::IO_BUFFER];
-            loop {
-                let n = std::io::Read::read(&mut input, &mut buf)
-                    .map_err(|e| Error::io(format!("reading {}", source.display()), e))?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                sink.write_all(&buf[..n])
-                    .map_err(|e| Error::io("writing the download", e))?;
-                progress.advance(n as u64);
-            }
+            pump(&mut input, |chunk| {
+                hasher.update(chunk);
+                progress.advance(chunk.len() as u64);
+                sink.write_all(chunk)
+            })
+            .map_err(|e| match e {
+                PumpError::Read(e) => Error::io(format!("reading {}", source.display()), e),
+                PumpError::Write(e) => Error::io("writing the download", e),
+            })?;
             let sha = crate::archive::writer::hex(&hasher.finalize());
             if rec.archive_sha256.as_deref() != Some(sha.as_str()) {
                 return Err(Error::corrupt(format!(
@@ -574,18 +572,15 @@ impl Visitor for Extractor<'_, '_> {
             (Variant::Database, Member::Dump) => {
                 self.found_dump = true;
                 let sink = self.sink.as_mut().expect("database downloads write raw");
-                let mut buf = vec![0u8; crate::archive::codec::IO_BUFFER];
-                loop {
-                    let n = data
-                        .read(&mut buf)
-                        .map_err(|e| Error::reading("reading the stored dump", e))?;
-                    if n == 0 {
-                        break;
-                    }
-                    sink.write_all(&buf[..n])
-                        .map_err(|e| Error::io("writing the download", e))?;
-                    self.progress.advance(n as u64);
-                }
+                let progress = self.progress;
+                pump(data, |chunk| {
+                    progress.advance(chunk.len() as u64);
+                    sink.write_all(chunk)
+                })
+                .map_err(|e| match e {
+                    PumpError::Read(e) => Error::reading("reading the stored dump", e),
+                    PumpError::Write(e) => Error::io("writing the download", e),
+                })?;
                 Ok(())
             }
             (Variant::Files, Member::TreeFile(_)) => {
