@@ -111,6 +111,8 @@ pub struct Sinks {
     pub space_on: Option<PathBuf>,
     pub extracted_files: u64,
     pub extracted_bytes: u64,
+    /// The part a restore wants: refused as soon as the first bytes show the archive lacks it.
+    pub wanted: Option<Variant>,
     /// Told once the dump is whole in `dump_to` (the archive's second member), so a restore
     /// can start pg_restore while the files are still being extracted.
     pub dump_ready: Option<std::sync::mpsc::Sender<()>>,
@@ -135,6 +137,11 @@ fn examine(
     });
     let opened = detect::open(input)?;
     let d = opened.detected.clone();
+    if let (Some(wanted), Some(found)) = (sinks.as_ref().and_then(|s| s.wanted), d.variant) {
+        if !found.holds(wanted) {
+            return Err(found.wrong_variant(wanted));
+        }
+    }
     match d.container {
         Container::Dump => examine_dump(opened, tools, sinks),
         Container::Tar => examine_tar(opened, tools, sinks),

@@ -313,6 +313,7 @@ fn stage(
         space_on: Some(work.clone()),
         extracted_files: 0,
         extracted_bytes: 0,
+        wanted: want,
         dump_ready: maybe_db.then_some(ready_tx),
     };
     let abort = std::sync::atomic::AtomicBool::new(false);
@@ -346,19 +347,11 @@ fn stage(
     });
     let report = extracted?;
     let actual = report.variant;
-    let fits = match want {
-        None => true,
-        Some(Variant::Full) => actual == Variant::Full,
-        Some(Variant::Database) => matches!(actual, Variant::Full | Variant::Database),
-        Some(Variant::Files) => matches!(actual, Variant::Full | Variant::Files),
-    };
-    if !fits {
-        return Err(Error::usage(format!(
-            "wrong variant: --variant {} asks for what a {} archive does not hold",
-            want.expect("a mismatch needs a request"),
-            actual
-        ))
-        .with_hint("drop --variant to restore whatever the archive holds"));
+    // Settled only now for a tar whose first entry was a directory.
+    if let Some(wanted) = want {
+        if !actual.holds(wanted) {
+            return Err(actual.wrong_variant(wanted));
+        }
     }
     let restore_db = actual.has_database() && want != Some(Variant::Files);
     let restore_files = actual.has_files() && want != Some(Variant::Database);

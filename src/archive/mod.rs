@@ -49,6 +49,23 @@ impl Variant {
         matches!(self, Variant::Full | Variant::Files)
     }
 
+    /// True when an archive of this variant holds what `wanted` asks to restore.
+    pub fn holds(self, wanted: Variant) -> bool {
+        match wanted {
+            Variant::Full => self == Variant::Full,
+            Variant::Database => self.has_database(),
+            Variant::Files => self.has_files(),
+        }
+    }
+
+    /// The error for asking an archive of this variant for what it does not hold.
+    pub fn wrong_variant(self, wanted: Variant) -> crate::Error {
+        crate::Error::usage(format!(
+            "wrong variant: --variant {wanted} asks for what a {self} archive does not hold"
+        ))
+        .with_hint("drop --variant to restore whatever the archive holds")
+    }
+
     /// The prefix of the cloud's file name for this variant.
     fn file_prefix(self) -> &'static str {
         match self {
@@ -196,6 +213,15 @@ mod tests {
             ),
             "files-0123abcd-202601010000.tar.zst"
         );
+    }
+
+    #[test]
+    fn which_variants_hold_which_parts() {
+        use Variant::*;
+        assert!(Full.holds(Database) && Full.holds(Files) && Full.holds(Full));
+        assert!(Database.holds(Database) && !Database.holds(Full) && !Database.holds(Files));
+        assert!(Files.holds(Files) && !Files.holds(Full) && !Files.holds(Database));
+        assert!(Database.wrong_variant(Full).message().contains("wrong variant"));
     }
 
     #[test]
