@@ -779,18 +779,23 @@ fn print_create(r: &CreateReport) {
         r.compression,
         r.seconds
     );
-    if let Some(c) = &r.files {
-        eprintln!(
-            "mxsnap: files ({}): {} referenced, {} included, {} missing, {} orphaned, {} \
+    match (&r.files, r.file_selection) {
+        (Some(c), Some("referenced")) => eprintln!(
+            "mxsnap: files: {} referenced, {} included, {} missing, {} orphaned, {} \
              delete-after-download left out, {} in the legacy layout",
-            r.file_selection.unwrap_or("all"),
             c.referenced,
             c.included,
             c.missing,
             c.orphaned,
             c.delete_after_download,
             c.legacy_layout
-        );
+        ),
+        (Some(c), _) => eprintln!(
+            "mxsnap: files: every file of the store, {} included ({} in the legacy layout), {} \
+             skipped",
+            c.included, c.legacy_layout, c.skipped
+        ),
+        (None, _) => {}
     }
     eprintln!("mxsnap: sha256 {}", r.output_sha256);
 }

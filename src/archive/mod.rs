@@ -221,7 +221,12 @@ mod tests {
         assert!(Full.holds(Database) && Full.holds(Files) && Full.holds(Full));
         assert!(Database.holds(Database) && !Database.holds(Full) && !Database.holds(Files));
         assert!(Files.holds(Files) && !Files.holds(Full) && !Files.holds(Database));
-        assert!(Database.wrong_variant(Full).message().contains("wrong variant"));
+        assert!(
+            Database
+                .wrong_variant(Full)
+                .message()
+                .contains("wrong variant")
+        );
     }
 
     #[test]
