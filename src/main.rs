@@ -116,6 +116,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             reporter.done();
             let report =
                 report.with_context(|| format!("inspecting {}", args.archive.display()))?;
+            if cli.quiet && !args.json {
+                return Ok(());
+            }
             print_report(&args.archive, &report, args.json, false)
         }
         Command::Restore(args) => run_restore(&args.target, &args.archive, cli.quiet),
@@ -131,6 +134,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             reporter.done();
             let report =
                 report.with_context(|| format!("verifying {}", args.read.archive.display()))?;
+            if cli.quiet && !args.read.json {
+                return Ok(());
+            }
             print_report(&args.read.archive, &report, args.read.json, true)
         }
     }
@@ -521,6 +527,11 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
 }
 
 fn run_restore(args: &cli::TargetArgs, archive: &Path, quiet: bool) -> anyhow::Result<()> {
+    if archive != Path::new("-") {
+        // Say "not an archive" before touching the environment (stdin can be read only once).
+        let (input, _) = open_input(archive)?;
+        check::peek(input).with_context(|| format!("reading {}", archive.display()))?;
+    }
     let reporter = Reporter::new(quiet);
     let mut local = None;
     let target = match &args.into {

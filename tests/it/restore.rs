@@ -625,3 +625,23 @@ fn killed_between_the_database_and_files_swaps_the_swap_completes() {
 fn killed_after_both_swaps_the_cleanup_completes() {
     crash_at("swap-files", true);
 }
+
+#[test]
+fn a_non_archive_is_refused_before_any_environment_is_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("notes.txt");
+    std::fs::write(&junk, "not a backup\n").unwrap();
+    let env_dir = dir.path().join("local-env");
+    let run = mxsnap(&[
+        "restore",
+        junk.to_str().unwrap(),
+        "--into",
+        env_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(run.stderr.contains("not a snapshot"), "{}", run.stderr);
+    assert!(
+        !env_dir.exists(),
+        "a local environment was made for nothing"
+    );
+}
