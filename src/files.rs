@@ -55,8 +55,8 @@ pub struct Selection {
 const EXAMPLES: usize = 5;
 
 /// Every regular file below `store`, by path relative to it, with its size.
-fn scan(store: &Path, sel: &mut Selection) -> Result<HashMap<String, u64>> {
-    let mut found = HashMap::new();
+fn scan(store: &Path, sel: &mut Selection) -> Result<Vec<(String, u64)>> {
+    let mut found = Vec::new();
     if !store.is_dir() {
         return Err(Error::environment(format!(
             "the file store {} is not a directory",
@@ -103,7 +103,7 @@ fn scan(store: &Path, sel: &mut Selection) -> Result<HashMap<String, u64>> {
                 )
             })?
             .len();
-        found.insert(rel, size);
+        found.push((rel, size));
     }
     Ok(found)
 }
@@ -111,7 +111,7 @@ fn scan(store: &Path, sel: &mut Selection) -> Result<HashMap<String, u64>> {
 /// The files the rows of `system$filedocument` call for.
 pub fn select_referenced(store: &Path, docs: &[FileDocument]) -> Result<Selection> {
     let mut sel = Selection::default();
-    let present = scan(store, &mut sel)?;
+    let present: HashMap<String, u64> = scan(store, &mut sel)?.into_iter().collect();
     let mut claimed: HashSet<String> = HashSet::new();
     for doc in docs {
         let uuid_rel = doc
