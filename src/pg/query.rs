@@ -68,6 +68,18 @@ impl Session {
         })
     }
 
+    /// Runs a query with parameters; `what` names it in an error.
+    fn rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        what: &str,
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        self.runtime
+            .block_on(self.client.query(sql, params))
+            .map_err(|e| query_error(what, e))
+    }
+
     /// Runs statements that return nothing.
     pub fn execute(&self, sql: &str) -> Result<()> {
         self.runtime
@@ -110,13 +122,11 @@ impl Session {
 
     /// The OID of database `name`, if it exists.
     pub fn database_oid(&self, name: &str) -> Result<Option<u32>> {
-        let rows = self
-            .runtime
-            .block_on(self.client.query(
-                "SELECT oid::text FROM pg_database WHERE datname = $1",
-                &[&name],
-            ))
-            .map_err(|e| query_error("looking up a database", e))?;
+        let rows = self.rows(
+            "SELECT oid::text FROM pg_database WHERE datname = $1",
+            &[&name],
+            "looking up a database",
+        )?;
         Ok(rows
             .first()
             .and_then(|r| r.get::<_, String>(0).parse().ok()))
@@ -124,38 +134,34 @@ impl Session {
 
     /// Encoding, collation and ctype of database `name`.
     pub fn database_locale(&self, name: &str) -> Result<Option<(String, String, String)>> {
-        let rows = self
-            .runtime
-            .block_on(self.client.query(
-                "SELECT pg_encoding_to_char(encoding)::text, datcollate::text, datctype::text \
+        let rows = self.rows(
+            "SELECT pg_encoding_to_char(encoding)::text, datcollate::text, datctype::text \
                  FROM pg_database WHERE datname = $1",
-                &[&name],
-            ))
-            .map_err(|e| query_error("looking up a database", e))?;
+            &[&name],
+            "looking up a database",
+        )?;
         Ok(rows.first().map(|r| (r.get(0), r.get(1), r.get(2))))
     }
 
     /// The name the database with this OID has now.
     pub fn database_name(&self, oid: u32) -> Result<Option<String>> {
-        let rows = self
-            .runtime
-            .block_on(self.client.query(
-                "SELECT datname::text FROM pg_database WHERE oid = $1::text::oid",
-                &[&oid.to_string()],
-            ))
-            .map_err(|e| query_error("looking up a database", e))?;
+        let rows = self.rows(
+            "SELECT datname::text FROM pg_database WHERE oid = $1::text::oid",
+            &[&oid.to_string()],
+            "looking up a database",
+        )?;
         Ok(rows.first().map(|r| r.get(0)))
     }
 
     /// Sessions connected to database `name`, other than this one, described for a person.
     pub fn sessions_on(&self, name: &str) -> Result<Vec<String>> {
-        let rows = self
-            .runtime
-            .block_on(self.client.query(
-                "SELECT pid, coalesce(usename::text, ''), coalesce(application_name, ''),                         coalesce(host(client_addr), 'local'), coalesce(state, '')                  FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()                  ORDER BY pid",
-                &[&name],
-            ))
-            .map_err(|e| query_error("listing sessions", e))?;
+        let rows = self.rows(
+            "SELECT pid, coalesce(usename::text, ''), coalesce(application_name, ''), \
+             coalesce(host(client_addr), 'local'), coalesce(state, '') \
+             FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() ORDER BY pid",
+            &[&name],
+            "listing sessions",
+        )?;
         Ok(rows
             .iter()
             .map(|r| {

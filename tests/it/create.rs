@@ -83,18 +83,7 @@ fn full_round_trip(compression: &str, ext: &str, codec_flag: &str) {
             > 1_000_000
     );
 
-    let restored = Db::new("restored");
-    tool_ok(
-        &pg_tool("pg_restore"),
-        &[
-            "--no-owner",
-            "--no-privileges",
-            "--exit-on-error",
-            "-d",
-            &restored.url(),
-            dump.to_str().unwrap(),
-        ],
-    );
+    let restored = restore_by_hand(&dump, "restored");
     assert_eq!(restored.checksums(), db.checksums());
     assert!(db.checksums().len() >= 5);
 
@@ -155,18 +144,7 @@ fn database_only_is_a_bare_dump_that_pg_restore_reads() {
         "{name}"
     );
     assert_eq!(&std::fs::read(&path).unwrap()[..5], b"PGDMP");
-    let restored = Db::new("dbonly_restored");
-    tool_ok(
-        &pg_tool("pg_restore"),
-        &[
-            "--no-owner",
-            "--no-privileges",
-            "--exit-on-error",
-            "-d",
-            &restored.url(),
-            &path,
-        ],
-    );
+    let restored = restore_by_hand(Path::new(&path), "dbonly_restored");
     assert_eq!(restored.checksums(), db.checksums());
 }
 

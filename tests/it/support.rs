@@ -220,3 +220,20 @@ pub fn cloud_shaped_archive(db: &Db, dir: &Path, style: TarStyle) -> (PathBuf, P
     };
     (archive, dump)
 }
+
+/// Restores `dump` with stock `pg_restore` into a new database, as a user would by hand.
+pub fn restore_by_hand(dump: &Path, tag: &str) -> Db {
+    let restored = Db::new(tag);
+    tool_ok(
+        &pg_tool("pg_restore"),
+        &[
+            "--no-owner",
+            "--no-privileges",
+            "--exit-on-error",
+            "-d",
+            &restored.url(),
+            dump.to_str().unwrap(),
+        ],
+    );
+    restored
+}
