@@ -382,7 +382,7 @@ impl Examiner<'_, '_> {
             return Ok(());
         };
         let (file, _) = computed
-            .finish()
+            .finish(&[])
             .map_err(|e| Error::io("reading back computed checksums", e))?;
         let mut seen = BufReader::new(file);
         let mut skip = String::new();

@@ -16,11 +16,11 @@ use serde::Serialize;
 use crate::archive::codec::{PumpError, pump};
 use crate::archive::layout::{DUMP, METADATA, TREE_PREFIX};
 use crate::archive::manifest::Metadata;
-use crate::archive::writer::{MemberInfo, TarOptions, TarWriter, Written, now_secs};
+use crate::archive::writer::{MemberInfo, Tally, TarOptions, TarWriter, Written, now_secs};
 use crate::archive::{Compression, Variant, cloud_file_name};
 use crate::error::{Error, Result};
 use crate::files::{self, FileCounts, Selection};
-use crate::output::{self, PendingFile};
+use crate::output::{PendingFile, Relay};
 use crate::pg::{ConnSpec, PgTools, Session};
 use crate::progress::Progress;
 
@@ -178,128 +178,90 @@ pub fn create(opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateRep
         None => std::env::temp_dir(),
     };
 
-    // The dump. A database-only file is the dump itself, compressed by pg_dump; inside a
-    // compressed tar it is left uncompressed (-Z0) so the outer codec does the work once.
-    let dumped = if let Some(tools) = &tools {
-        let spec = spec.as_ref().expect("connected");
-        progress.stage("dumping the database", None);
-        progress.note(&format!(
-            "dumping {} with {}",
-            spec.describe(),
-            tools.pg_dump.display()
-        ));
-        let t0 = Instant::now();
-        let direct = variant == Variant::Database && pending.is_some();
-        let spool = if direct {
-            None
-        } else {
-            // Named after the output, so whoever cleans up after a crashed create (the
-            // catalogue does) recognises it.
-            let prefix = match &target {
-                Some(t) => format!(
-                    ".{}.dump.",
-                    t.file_name()
-                        .map(|n| n.to_string_lossy())
-                        .unwrap_or_default()
-                ),
-                None => ".mxsnap-dump.".to_string(),
-            };
-            Some(
-                tempfile::Builder::new()
-                    .prefix(&prefix)
-                    .suffix(".partial")
-                    .tempfile_in(&spool_dir)
-                    .map_err(|e| {
-                        Error::io(
-                            format!("creating a dump spool in {}", spool_dir.display()),
-                            e,
-                        )
-                    })?,
-            )
-        };
-        let dump_path = match (&spool, &pending) {
-            (Some(s), _) => s.path().to_path_buf(),
-            (None, Some(p)) => p.path().to_path_buf(),
-            (None, None) => unreachable!("direct dumps have a file"),
-        };
-        let inner_level = match (variant, opts.compression, &opts.keep_dump_as) {
+    let model_version = opts
+        .model_version
+        .clone()
+        .unwrap_or_else(|| UNKNOWN_MODEL_VERSION.to_string());
+    let files_size = selection.as_ref().map(|s| s.total_bytes);
+    let tar_options = TarOptions {
+        compression: opts.compression,
+        level,
+        variant,
+        manifest: !opts.strict_layout,
+        comment: opts.comment.clone(),
+    };
+    let dump_job = tools.as_ref().map(|tools| DumpJob {
+        tools,
+        spec: spec.as_ref().expect("connected"),
+        snapshot: snapshot.as_deref(),
+        // A database-only file is the dump itself, compressed by pg_dump; inside a
+        // compressed tar it is left uncompressed (-Z0) so the outer codec does the work once.
+        inner_level: match (variant, opts.compression, &opts.keep_dump_as) {
             (Variant::Full, Compression::Gzip | Compression::Zstd, None) => Some(0),
             _ => None,
-        };
-        tools.dump_to_file(spec, snapshot.as_deref(), inner_level, &dump_path)?;
-        let size = std::fs::metadata(&dump_path)
-            .map_err(|e| Error::io("reading the dump's size", e))?
-            .len();
-        Some(Dumped {
-            spool,
-            size,
-            seconds: t0.elapsed().as_secs(),
-        })
-    } else {
-        None
+        },
+        // pg_dump writes a database-only file straight into the pending output.
+        direct_to: match (variant, &pending) {
+            (Variant::Database, Some(p)) => Some(p.path()),
+            _ => None,
+        },
+        target: target.as_deref(),
+        spool_dir: &spool_dir,
+        metadata: MetadataFacts {
+            model_version: &model_version,
+            database_size: database_size.unwrap_or(0),
+            files_size: files_size.unwrap_or(0),
+        },
+    });
+    // The output, as one writer type for every case. Standard output is taken unlocked: a
+    // lock cannot cross threads, and the 1 MiB buffer makes the per-write locking rare.
+    let sink: Box<dyn Write + Send> = match &pending {
+        Some(p) => Box::new(p.writer()?),
+        None => Box::new(io::BufWriter::with_capacity(
+            crate::archive::codec::IO_BUFFER,
+            io::stdout(),
+        )),
+    };
+    let store = opts.files.as_deref().unwrap_or(Path::new("."));
+
+    let (dumped, written) = match variant {
+        Variant::Database => {
+            drop(sink);
+            progress.stage("dumping the database", None);
+            let dumped = dump_job.as_ref().expect("tools found").run(progress)?;
+            let written = match &pending {
+                // pg_dump wrote straight into the pending file.
+                Some(p) => Written {
+                    members: 1,
+                    content_bytes: dumped.size,
+                    output_bytes: dumped.size,
+                    output_sha256: sha256_of_file(p.path())?,
+                },
+                None => copy_to_stdout(&dumped, progress)?,
+            };
+            (Some(dumped), written)
+        }
+        Variant::Files => {
+            let sel = selection.as_ref().expect("files selected");
+            progress.stage("writing the archive", files_size);
+            let mut tar = TarWriter::new(sink, &tar_options, progress).map_err(writing)?;
+            append_files(&mut tar, store, sel)?;
+            let (mut out, written) = tar.finish().map_err(writing)?;
+            out.flush().map_err(writing)?;
+            (None, written)
+        }
+        Variant::Full => {
+            let job = dump_job.as_ref().expect("tools found");
+            let sel = selection.as_ref().expect("files selected");
+            let (dumped, written) = write_full(job, sel, store, sink, &tar_options, progress)?;
+            (Some(dumped), written)
+        }
     };
     if let (Some(s), Some(_)) = (&session, &snapshot) {
         s.commit()?;
     }
     drop(session);
 
-    let model_version = opts
-        .model_version
-        .clone()
-        .unwrap_or_else(|| UNKNOWN_MODEL_VERSION.to_string());
-    let files_size = selection.as_ref().map(|s| s.total_bytes);
-
-    let written = if variant == Variant::Database {
-        let dumped = dumped.as_ref().expect("dumped");
-        match &pending {
-            // pg_dump wrote straight into the pending file.
-            Some(_) => Written {
-                members: 1,
-                content_bytes: dumped.size,
-                output_bytes: dumped.size,
-                output_sha256: sha256_of_file(pending.as_ref().expect("file").path())?,
-            },
-            None => copy_to_stdout(dumped, progress)?,
-        }
-    } else {
-        let tar_options = TarOptions {
-            compression: opts.compression,
-            level,
-            variant,
-            manifest: !opts.strict_layout,
-            comment: opts.comment.clone(),
-        };
-        let total = dumped.as_ref().map_or(0, |d| d.size) + files_size.unwrap_or(0);
-        progress.stage("writing the archive", Some(total));
-        let metadata = dumped.as_ref().map(|d| Metadata {
-            duration: d.seconds.to_string(),
-            dump_size: d.size.to_string(),
-            model_version: model_version.clone(),
-            database_size: database_size.unwrap_or(0).to_string(),
-            files_size: files_size.unwrap_or(0).to_string(),
-        });
-        let members = Members {
-            store: opts.files.as_deref().unwrap_or(Path::new(".")),
-            metadata: metadata.as_ref(),
-            dump: dumped.as_ref(),
-            files: selection.as_ref(),
-        };
-        match &pending {
-            Some(p) => {
-                let (w, written) = write_tar(p.writer()?, &members, &tar_options, progress)?;
-                output::flush(w, "the archive")?;
-                written
-            }
-            None => {
-                let stdout = io::stdout().lock();
-                let w = io::BufWriter::with_capacity(crate::archive::codec::IO_BUFFER, stdout);
-                let (mut w, written) = write_tar(w, &members, &tar_options, progress)?;
-                w.flush()
-                    .map_err(|e| Error::io("writing the archive to standard output", e))?;
-                written
-            }
-        }
-    };
     let dump_file = match (
         &opts.keep_dump_as,
         dumped.as_ref().and_then(|d| d.spool.as_ref()),
@@ -367,69 +329,216 @@ fn warn_about_selection(sel: &Selection, warnings: &mut Vec<String>) {
     }
 }
 
-struct Members<'a> {
-    store: &'a Path,
-    metadata: Option<&'a Metadata>,
-    dump: Option<&'a Dumped>,
-    files: Option<&'a Selection>,
+fn writing(e: io::Error) -> Error {
+    Error::io("writing the archive", e)
 }
 
-fn write_tar<W: Write>(
-    out: W,
-    members: &Members<'_>,
-    options: &TarOptions,
-    progress: &dyn Progress,
-) -> Result<(W, Written)> {
-    let writing = |e: io::Error| Error::io("writing the archive", e);
-    let mut tar = TarWriter::new(out, options, progress).map_err(writing)?;
-    let now = now_secs();
-    if let Some(metadata) = members.metadata {
-        let json = serde_json::to_vec(metadata).expect("metadata serializes");
-        let info = MemberInfo {
-            path: METADATA,
-            size: json.len() as u64,
-            mode: 0o644,
-            mtime: now,
-        };
-        tar.append(&info, &mut &json[..]).map_err(writing)?;
-    }
-    if let Some(dumped) = members.dump {
-        let spool = dumped.spool.as_ref().expect("a tar's dump is spooled");
-        let mut file = spool
-            .reopen()
-            .map_err(|e| Error::io("reopening the dump spool", e))?;
-        let info = MemberInfo {
-            path: DUMP,
-            size: dumped.size,
-            mode: 0o644,
-            mtime: now,
-        };
-        tar.append(&info, &mut file).map_err(writing)?;
-    }
-    if let Some(sel) = members.files {
-        for (i, f) in sel.files.iter().enumerate() {
-            if i == 1 {
-                crate::env::crash_point("create-writing");
+/// What `.metadata` records besides the dump's own figures.
+struct MetadataFacts<'a> {
+    model_version: &'a str,
+    database_size: u64,
+    files_size: u64,
+}
+
+/// Everything pg_dump needs, shareable with the thread that runs it.
+struct DumpJob<'a> {
+    tools: &'a PgTools,
+    spec: &'a ConnSpec,
+    snapshot: Option<&'a str>,
+    inner_level: Option<u32>,
+    /// Dump straight into this file instead of a spool.
+    direct_to: Option<&'a Path>,
+    target: Option<&'a Path>,
+    spool_dir: &'a Path,
+    metadata: MetadataFacts<'a>,
+}
+
+impl DumpJob<'_> {
+    fn run(&self, progress: &dyn Progress) -> Result<Dumped> {
+        progress.note(&format!(
+            "dumping {} with {}",
+            self.spec.describe(),
+            self.tools.pg_dump.display()
+        ));
+        let t0 = Instant::now();
+        let spool = match self.direct_to {
+            Some(_) => None,
+            None => {
+                // Named after the output, so whoever cleans up after a crashed create (the
+                // catalogue does) recognises it.
+                let prefix = match self.target {
+                    Some(t) => format!(
+                        ".{}.dump.",
+                        t.file_name()
+                            .map(|n| n.to_string_lossy())
+                            .unwrap_or_default()
+                    ),
+                    None => ".mxsnap-dump.".to_string(),
+                };
+                Some(
+                    tempfile::Builder::new()
+                        .prefix(&prefix)
+                        .suffix(".partial")
+                        .tempfile_in(self.spool_dir)
+                        .map_err(|e| {
+                            Error::io(
+                                format!("creating a dump spool in {}", self.spool_dir.display()),
+                                e,
+                            )
+                        })?,
+                )
             }
-            let (mut file, mtime) = open_store_file(&members.store.join(&*f.rel), f.size)?;
-            let path = format!("{TREE_PREFIX}{}", f.rel);
-            let info = MemberInfo {
-                path: &path,
-                size: f.size,
-                mode: 0o644,
-                mtime,
-            };
-            tar.append(&info, &mut file).map_err(|e| {
-                if e.kind() == io::ErrorKind::UnexpectedEof || e.kind() == io::ErrorKind::Other {
-                    Error::environment(format!("{e}"))
-                        .with_hint("the file store changed during create: stop the app and retry")
-                } else {
-                    writing(e)
-                }
-            })?;
+        };
+        let dump_path = match (&spool, self.direct_to) {
+            (Some(s), _) => s.path(),
+            (None, Some(p)) => p,
+            (None, None) => unreachable!("a dump is spooled or direct"),
+        };
+        self.tools
+            .dump_to_file(self.spec, self.snapshot, self.inner_level, dump_path)?;
+        let size = std::fs::metadata(dump_path)
+            .map_err(|e| Error::io("reading the dump's size", e))?
+            .len();
+        Ok(Dumped {
+            spool,
+            size,
+            seconds: t0.elapsed().as_secs(),
+        })
+    }
+
+    fn metadata(&self, dumped: &Dumped) -> Metadata {
+        Metadata {
+            duration: dumped.seconds.to_string(),
+            dump_size: dumped.size.to_string(),
+            model_version: self.metadata.model_version.to_string(),
+            database_size: self.metadata.database_size.to_string(),
+            files_size: self.metadata.files_size.to_string(),
         }
     }
-    tar.finish().map_err(writing)
+}
+
+/// A full snapshot, with the dump and the file packing overlapping.
+///
+/// The cloud's member order puts `.metadata` and the dump before the files, but the dump's
+/// size (for its tar header) and `.metadata`'s figures are known only once pg_dump is done. So
+/// a second thread runs pg_dump and then writes those members as the archive's leading part
+/// (a complete compressed stream), while this thread packs the files as the trailing part
+/// into a [`Relay`]: spilled to disk until the leading part is in the output, then copied
+/// after it, and from then on written straight to the output. Joined, the parts are one
+/// valid gzip or zstd stream of one tar.
+fn write_full(
+    job: &DumpJob<'_>,
+    selection: &Selection,
+    store: &Path,
+    sink: Box<dyn Write + Send>,
+    options: &TarOptions,
+    progress: &dyn Progress,
+) -> Result<(Dumped, Written)> {
+    progress.stage(
+        "dumping the database and writing the files",
+        Some(selection.total_bytes),
+    );
+    let (handoff, handed) = std::sync::mpsc::channel();
+    let relay = Relay::new(job.spool_dir, handed).map_err(|e| {
+        Error::io(
+            format!("creating a spill file in {}", job.spool_dir.display()),
+            e,
+        )
+    })?;
+    std::thread::scope(|scope| {
+        let leading = scope.spawn(move || -> Result<_> {
+            let dumped = job.run(progress)?;
+            let mut tar =
+                TarWriter::leading_part(Tally::new(sink), options, &crate::progress::Silent)
+                    .map_err(writing)?;
+            append_dump(&mut tar, &job.metadata(&dumped), &dumped)?;
+            let (out, written, entries) = tar.finish_leading().map_err(writing)?;
+            // The trailing part's relay notices on its next write, or waits in finish.
+            let _ = handoff.send(out);
+            Ok((dumped, written, entries))
+        });
+        let trailing = TarWriter::trailing_part(relay, options, progress)
+            .map_err(writing)
+            .and_then(|mut tar| append_files(&mut tar, store, selection).map(|()| tar));
+        if trailing.is_ok() && !leading.is_finished() {
+            progress.stage("waiting for the database dump", None);
+        }
+        // The dump's failure explains a broken relay better than the relay's own error.
+        let (dumped, leading_written, entries) = leading
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        let (relay, trailing_written) = trailing?.finish_trailing(&entries).map_err(writing)?;
+        let mut out = relay.finish().map_err(writing)?;
+        out.flush().map_err(writing)?;
+        let (_, output_bytes, output_sha256) = out.into_parts();
+        Ok((
+            dumped,
+            Written {
+                members: leading_written.members + trailing_written.members,
+                content_bytes: leading_written.content_bytes + trailing_written.content_bytes,
+                output_bytes,
+                output_sha256,
+            },
+        ))
+    })
+}
+
+/// `.metadata` and `db/db.backup`, from the spool.
+fn append_dump<W: Write>(
+    tar: &mut TarWriter<'_, W>,
+    metadata: &Metadata,
+    dumped: &Dumped,
+) -> Result<()> {
+    let now = now_secs();
+    let json = serde_json::to_vec(metadata).expect("metadata serializes");
+    let info = MemberInfo {
+        path: METADATA,
+        size: json.len() as u64,
+        mode: 0o644,
+        mtime: now,
+    };
+    tar.append(&info, &mut &json[..]).map_err(writing)?;
+    let spool = dumped.spool.as_ref().expect("a tar's dump is spooled");
+    let mut file = spool
+        .reopen()
+        .map_err(|e| Error::io("reopening the dump spool", e))?;
+    let info = MemberInfo {
+        path: DUMP,
+        size: dumped.size,
+        mode: 0o644,
+        mtime: now,
+    };
+    tar.append(&info, &mut file).map_err(writing)
+}
+
+/// The selected files of the store, under `tree/`.
+fn append_files<W: Write>(
+    tar: &mut TarWriter<'_, W>,
+    store: &Path,
+    selection: &Selection,
+) -> Result<()> {
+    for (i, f) in selection.files.iter().enumerate() {
+        if i == 1 {
+            crate::env::crash_point("create-writing");
+        }
+        let (mut file, mtime) = open_store_file(&store.join(&*f.rel), f.size)?;
+        let path = format!("{TREE_PREFIX}{}", f.rel);
+        let info = MemberInfo {
+            path: &path,
+            size: f.size,
+            mode: 0o644,
+            mtime,
+        };
+        tar.append(&info, &mut file).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof || e.kind() == io::ErrorKind::Other {
+                Error::environment(format!("{e}"))
+                    .with_hint("the file store changed during create: stop the app and retry")
+            } else {
+                writing(e)
+            }
+        })?;
+    }
+    Ok(())
 }
 
 /// Opens a file of the store and checks it still has the size the scan saw.

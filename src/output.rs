@@ -1,9 +1,11 @@
 //! Output files that appear whole or not at all: written under a hidden temporary name in the
 //! destination directory with mode 0600 (snapshots hold personal data), synced, then renamed.
+//! And [`Relay`], which lets the second half of an output be written before the first.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{self, BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, TryRecvError};
 
 use crate::archive::codec::IO_BUFFER;
 use crate::error::{Error, Result};
@@ -94,6 +96,96 @@ pub fn flush(mut w: BufWriter<File>, what: &str) -> Result<File> {
         .map_err(|e| Error::io(format!("writing {what}"), e.into_error()))
 }
 
+/// The writer for the second half of an output whose first half is still being made on
+/// another thread. Until that thread hands the output over (through `handoff`, once its half
+/// is written), bytes go to an anonymous spill file; at the hand-over the spill is copied to
+/// the output and later bytes go straight there. The spill holds only what was written while
+/// waiting, and vanishes with the process however it ends.
+pub struct Relay<W: Write> {
+    state: RelayState<W>,
+    handoff: Receiver<W>,
+}
+
+enum RelayState<W> {
+    Spilling(File),
+    Direct(W),
+    /// The first half failed, or copying the spill did: nothing more can be written.
+    Broken,
+}
+
+impl<W: Write> Relay<W> {
+    /// Spills into an unnamed file in `spill_dir` until `handoff` delivers the output. A
+    /// dropped sender means the first half failed: writes then fail too.
+    pub fn new(spill_dir: &Path, handoff: Receiver<W>) -> io::Result<Relay<W>> {
+        Ok(Relay {
+            state: RelayState::Spilling(tempfile::tempfile_in(spill_dir)?),
+            handoff,
+        })
+    }
+
+    fn take_over(&mut self, mut out: W) -> io::Result<()> {
+        let RelayState::Spilling(mut spill) =
+            std::mem::replace(&mut self.state, RelayState::Broken)
+        else {
+            unreachable!("only a spilling relay takes over");
+        };
+        spill.rewind()?;
+        crate::archive::codec::pump(&mut spill, |chunk| out.write_all(chunk)).map_err(
+            |e| match e {
+                crate::archive::codec::PumpError::Read(e)
+                | crate::archive::codec::PumpError::Write(e) => e,
+            },
+        )?;
+        self.state = RelayState::Direct(out);
+        Ok(())
+    }
+
+    fn first_half_failed() -> io::Error {
+        io::Error::other("the first part of the output was not written")
+    }
+
+    /// Waits for the output if it has not come yet, and returns it with everything written.
+    pub fn finish(mut self) -> io::Result<W> {
+        if matches!(self.state, RelayState::Spilling(_)) {
+            let out = self.handoff.recv().map_err(|_| Self::first_half_failed())?;
+            self.take_over(out)?;
+        }
+        match std::mem::replace(&mut self.state, RelayState::Broken) {
+            RelayState::Direct(mut out) => {
+                out.flush()?;
+                Ok(out)
+            }
+            _ => Err(Self::first_half_failed()),
+        }
+    }
+}
+
+impl<W: Write> Write for Relay<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if matches!(self.state, RelayState::Spilling(_)) {
+            match self.handoff.try_recv() {
+                Ok(out) => self.take_over(out)?,
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => {
+                    self.state = RelayState::Broken;
+                }
+            }
+        }
+        match &mut self.state {
+            RelayState::Spilling(spill) => spill.write(buf),
+            RelayState::Direct(out) => out.write(buf),
+            RelayState::Broken => Err(Self::first_half_failed()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.state {
+            RelayState::Direct(out) => out.flush(),
+            _ => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +209,33 @@ mod tests {
         let other = dir.path().join("b.tar.gz");
         drop(PendingFile::create(&other, false).unwrap());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_relay_joins_halves_in_order_whenever_the_first_arrives() {
+        use std::sync::mpsc::channel;
+        let dir = tempfile::tempdir().unwrap();
+        // The first half arrives after some of the second was written, before the rest.
+        let (tx, rx) = channel::<Vec<u8>>();
+        let mut relay = Relay::new(dir.path(), rx).unwrap();
+        relay.write_all(b"second ").unwrap();
+        tx.send(b"first ".to_vec()).unwrap();
+        relay.write_all(b"half").unwrap();
+        assert_eq!(relay.finish().unwrap(), b"first second half");
+        // It arrives only at the end.
+        let (tx, rx) = channel::<Vec<u8>>();
+        let mut relay = Relay::new(dir.path(), rx).unwrap();
+        relay.write_all(b"late").unwrap();
+        let sender = std::thread::spawn(move || tx.send(b"early ".to_vec()).unwrap());
+        assert_eq!(relay.finish().unwrap(), b"early late");
+        sender.join().unwrap();
+        // It never arrives: the first half failed.
+        let (tx, rx) = channel::<Vec<u8>>();
+        let mut relay = Relay::new(dir.path(), rx).unwrap();
+        drop(tx);
+        assert!(relay.write_all(b"x").is_err());
+        assert!(relay.finish().is_err());
+        // The spill files are anonymous: nothing is left in the directory.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

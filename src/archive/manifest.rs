@@ -51,16 +51,14 @@ pub struct ManifestEntry {
 
 /// Collects manifest lines in a spool file while the archive is written.
 pub struct ManifestSpool {
+    /// The header line, kept apart so entries of an archive's leading part can follow it.
+    header: Vec<u8>,
     out: BufWriter<File>,
     len: u64,
 }
 
 impl ManifestSpool {
     pub fn new(variant: Variant, comment: Option<&str>) -> io::Result<ManifestSpool> {
-        let mut spool = ManifestSpool {
-            out: BufWriter::new(tempfile::tempfile()?),
-            len: 0,
-        };
         let header = ManifestHeader {
             format: MANIFEST_FORMAT.to_string(),
             version: MANIFEST_VERSION,
@@ -68,8 +66,13 @@ impl ManifestSpool {
             tool: format!("mxsnap {}", env!("CARGO_PKG_VERSION")),
             comment: comment.map(str::to_string),
         };
-        spool.line(&serde_json::to_vec(&header).map_err(io::Error::other)?)?;
-        Ok(spool)
+        let mut header = serde_json::to_vec(&header).map_err(io::Error::other)?;
+        header.push(b'\n');
+        Ok(ManifestSpool {
+            header,
+            out: BufWriter::new(tempfile::tempfile()?),
+            len: 0,
+        })
     }
 
     fn line(&mut self, json: &[u8]) -> io::Result<()> {
@@ -83,11 +86,18 @@ impl ManifestSpool {
         self.line(&serde_json::to_vec(entry).map_err(io::Error::other)?)
     }
 
-    /// The finished manifest, rewound, and its length.
-    pub fn finish(self) -> io::Result<(File, u64)> {
+    /// The finished manifest and its length: the header, `leading` (entries of members
+    /// written before the ones added here), then the spooled entries.
+    pub fn finish(self, leading: &[ManifestEntry]) -> io::Result<(impl io::Read, u64)> {
+        let mut head = self.header;
+        for entry in leading {
+            serde_json::to_writer(&mut head, entry).map_err(io::Error::other)?;
+            head.push(b'\n');
+        }
         let mut file = self.out.into_inner().map_err(|e| e.into_error())?;
         file.rewind()?;
-        Ok((file, self.len))
+        let len = head.len() as u64 + self.len;
+        Ok((io::Read::chain(io::Cursor::new(head), file), len))
     }
 }
 
@@ -155,7 +165,7 @@ mod tests {
             sha256: "ab".into(),
         };
         spool.add(&e).unwrap();
-        let (mut f, len) = spool.finish().unwrap();
+        let (mut f, len) = spool.finish(&[]).unwrap();
         let mut text = String::new();
         f.read_to_string(&mut text).unwrap();
         assert_eq!(text.len() as u64, len);

@@ -17,7 +17,8 @@ use crate::progress::Progress;
 pub struct Tally<W> {
     inner: W,
     count: u64,
-    hasher: Sha256,
+    /// `None` counts only: a part of an archive, hashed as a whole further out.
+    hasher: Option<Sha256>,
 }
 
 impl<W: Write> Tally<W> {
@@ -25,8 +26,22 @@ impl<W: Write> Tally<W> {
         Tally {
             inner,
             count: 0,
-            hasher: Sha256::new(),
+            hasher: Some(Sha256::new()),
         }
+    }
+
+    fn counting(inner: W) -> Self {
+        Tally {
+            inner,
+            count: 0,
+            hasher: None,
+        }
+    }
+
+    /// Bytes written so far, and the SHA-256 of them (empty when only counting).
+    pub fn into_parts(self) -> (W, u64, String) {
+        let sha = self.hasher.map(|h| hex(&h.finalize())).unwrap_or_default();
+        (self.inner, self.count, sha)
     }
 }
 
@@ -34,7 +49,9 @@ impl<W: Write> Write for Tally<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.count += n as u64;
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&buf[..n]);
+        }
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -66,13 +83,28 @@ pub struct TarOptions {
     pub comment: Option<String>,
 }
 
-/// Writes one snapshot tar through a compressor.
+/// Writes one snapshot tar through a compressor, whole or in two parts.
+///
+/// Parts let two threads write one archive at once (the dump's members and the file tree in
+/// `create`): each part is a complete compressed stream (gzip members, zstd frames) of tar
+/// records, and the parts joined in order are one valid stream holding one tar. Only the
+/// trailing part ends the tar and holds the manifest, into which it puts the leading part's
+/// entries first.
 pub struct TarWriter<'p, W: Write> {
     out: Encoder<Tally<W>>,
-    manifest: Option<ManifestSpool>,
+    manifest: ManifestSink,
     buf: Vec<u8>,
     written: Written,
     progress: &'p dyn Progress,
+}
+
+enum ManifestSink {
+    /// Strict layout: no manifest.
+    None,
+    /// The whole archive, or its trailing part: spooled, written as the last member.
+    Spool(ManifestSpool),
+    /// A leading part: a few entries, handed to the trailing part.
+    Entries(Vec<ManifestEntry>),
 }
 
 /// A member's metadata as stored in its tar header.
@@ -85,16 +117,45 @@ pub struct MemberInfo<'a> {
 
 impl<'p, W: Write> TarWriter<'p, W> {
     pub fn new(out: W, options: &TarOptions, progress: &'p dyn Progress) -> io::Result<Self> {
+        Self::build(Tally::new(out), options, progress, false)
+    }
+
+    /// The leading part of an archive: see [`finish_leading`](TarWriter::finish_leading).
+    pub fn leading_part(
+        out: W,
+        options: &TarOptions,
+        progress: &'p dyn Progress,
+    ) -> io::Result<Self> {
+        Self::build(Tally::counting(out), options, progress, true)
+    }
+
+    /// The trailing part of an archive: see [`finish_trailing`](TarWriter::finish_trailing).
+    /// The output is only counted; hash the joined parts further out.
+    pub fn trailing_part(
+        out: W,
+        options: &TarOptions,
+        progress: &'p dyn Progress,
+    ) -> io::Result<Self> {
+        Self::build(Tally::counting(out), options, progress, false)
+    }
+
+    fn build(
+        out: Tally<W>,
+        options: &TarOptions,
+        progress: &'p dyn Progress,
+        leading: bool,
+    ) -> io::Result<Self> {
+        let manifest = match (options.manifest, leading) {
+            (false, _) => ManifestSink::None,
+            (true, true) => ManifestSink::Entries(Vec::new()),
+            (true, false) => ManifestSink::Spool(ManifestSpool::new(
+                options.variant,
+                options.comment.as_deref(),
+            )?),
+        };
         Ok(TarWriter {
-            out: Encoder::new(Tally::new(out), options.compression, options.level)?,
-            manifest: if options.manifest {
-                Some(ManifestSpool::new(
-                    options.variant,
-                    options.comment.as_deref(),
-                )?)
-            } else {
-                None
-            },
+            out: Encoder::new(out, options.compression, options.level)?,
+            manifest,
             buf: vec![0; IO_BUFFER],
             written: Written::default(),
             progress,
@@ -107,12 +168,15 @@ impl<'p, W: Write> TarWriter<'p, W> {
     /// between the moment its size was taken and now, and the archive would lie.
     pub fn append(&mut self, info: &MemberInfo<'_>, data: &mut dyn Read) -> io::Result<()> {
         let sha = self.append_raw(info, data, true)?;
-        if let Some(manifest) = self.manifest.as_mut() {
-            manifest.add(&ManifestEntry {
-                path: info.path.to_string(),
-                size: info.size,
-                sha256: sha,
-            })?;
+        let entry = ManifestEntry {
+            path: info.path.to_string(),
+            size: info.size,
+            sha256: sha,
+        };
+        match &mut self.manifest {
+            ManifestSink::None => {}
+            ManifestSink::Spool(spool) => spool.add(&entry)?,
+            ManifestSink::Entries(entries) => entries.push(entry),
         }
         Ok(())
     }
@@ -177,23 +241,49 @@ impl<'p, W: Write> TarWriter<'p, W> {
 
     /// Appends the manifest (unless strict), the end-of-archive blocks and the codec trailer,
     /// and hands back the output writer, flushed. The caller syncs and renames it.
-    pub fn finish(mut self) -> io::Result<(W, Written)> {
-        if let Some(manifest) = self.manifest.take() {
-            let (mut file, len) = manifest.finish()?;
+    pub fn finish(self) -> io::Result<(W, Written)> {
+        self.finish_trailing(&[])
+    }
+
+    /// Ends a leading part: the codec's stream is complete but the tar is not (no manifest,
+    /// no end-of-archive blocks). Returns the output, what was written, and the manifest
+    /// entries for the trailing part.
+    pub fn finish_leading(mut self) -> io::Result<(W, Written, Vec<ManifestEntry>)> {
+        let entries = match std::mem::replace(&mut self.manifest, ManifestSink::None) {
+            ManifestSink::Entries(entries) => entries,
+            _ => Vec::new(),
+        };
+        let (out, written) = self.finish_codec()?;
+        Ok((out, written, entries))
+    }
+
+    /// Ends the archive: the manifest (the leading part's entries, then this writer's), the
+    /// end-of-archive blocks and the codec trailer.
+    pub fn finish_trailing(mut self, leading: &[ManifestEntry]) -> io::Result<(W, Written)> {
+        if let ManifestSink::Spool(manifest) =
+            std::mem::replace(&mut self.manifest, ManifestSink::None)
+        {
+            let (mut content, len) = manifest.finish(leading)?;
             let info = MemberInfo {
                 path: MANIFEST,
                 size: len,
                 mode: 0o644,
                 mtime: now_secs(),
             };
-            self.append_raw(&info, &mut file, false)?;
+            self.append_raw(&info, &mut content, false)?;
         }
         self.out.write_all(&[0u8; 1024])?;
+        self.finish_codec()
+    }
+
+    fn finish_codec(self) -> io::Result<(W, Written)> {
         let mut tally = self.out.finish()?;
         tally.flush()?;
-        self.written.output_bytes = tally.count;
-        self.written.output_sha256 = hex(&tally.hasher.finalize());
-        Ok((tally.inner, self.written))
+        let (out, count, sha) = tally.into_parts();
+        let mut written = self.written;
+        written.output_bytes = count;
+        written.output_sha256 = sha;
+        Ok((out, written))
     }
 }
 

@@ -394,6 +394,74 @@ fn a_failed_create_leaves_no_file_behind() {
     );
 }
 
+/// A --pg-bin whose pg_dump sleeps first, so the files are packed (and spilled) before the
+/// dump exists, then runs the real pg_dump or, with `fail`, dies.
+fn slow_pg_bin(dir: &Path, fail: bool) -> std::path::PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let real = pg_tool("pg_dump");
+    let then = if fail {
+        "echo 'pg_dump: error: query failed: server closed the connection unexpectedly' >&2; exit 1"
+            .to_string()
+    } else {
+        format!("exec {real} \"$@\"")
+    };
+    let script = format!(
+        "#!/bin/sh\nif [ \"$1\" = --version ]; then exec {real} --version; fi\nsleep 1\n{then}\n"
+    );
+    std::fs::write(bin.join("pg_dump"), script).unwrap();
+    std::fs::set_permissions(bin.join("pg_dump"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink(pg_tool("pg_restore"), bin.join("pg_restore")).unwrap();
+    bin
+}
+
+/// The files are packed while pg_dump runs; a dump that ends after them still leads the
+/// archive, and one that fails leaves nothing behind (neither output nor spill).
+#[test]
+fn a_dump_that_ends_after_the_files_still_leads_the_archive() {
+    let db = Db::with_fixture("slowdump");
+    for compression in ["gzip", "zstd", "none"] {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = slow_pg_bin(dir.path(), false);
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let archive = out.join("snap.tar");
+        ok(create(
+            &db,
+            &archive,
+            &[
+                "--pg-bin",
+                bin.to_str().unwrap(),
+                "--compression",
+                compression,
+            ],
+        ));
+        let names = tool_ok("tar", &["-taf", archive.to_str().unwrap()]);
+        let names: Vec<&str> = names.lines().collect();
+        assert_eq!(names[..2], [".metadata", "db/db.backup"], "{compression}");
+        assert_eq!(names.len() as u64, INCLUDED + 3, "{compression}");
+        ok(mxsnap(&["verify", archive.to_str().unwrap()]));
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1, "{compression}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let bin = slow_pg_bin(dir.path(), true);
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let run = create(
+            &db,
+            &out.join("snap.tar.gz"),
+            &["--pg-bin", bin.to_str().unwrap()],
+        );
+        assert_eq!(run.code, 5, "{}", run.stderr);
+        assert!(
+            run.stderr.contains("server closed the connection"),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "left behind");
+    }
+}
+
 #[test]
 fn usage_errors_exit_2() {
     let dir = tempfile::tempdir().unwrap();
