@@ -154,11 +154,15 @@ impl Session {
     }
 
     /// Sessions connected to database `name`, other than this one, described for a person.
+    /// Autovacuum workers are not sessions of the app: the server starts them on its own
+    /// (on a freshly restored database, within a minute) and `DROP DATABASE ... WITH (FORCE)`
+    /// ends them.
     pub fn sessions_on(&self, name: &str) -> Result<Vec<String>> {
         let rows = self.rows(
             "SELECT pid, coalesce(usename::text, ''), coalesce(application_name, ''), \
              coalesce(host(client_addr), 'local'), coalesce(state, '') \
-             FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() ORDER BY pid",
+             FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() \
+             AND backend_type <> 'autovacuum worker' ORDER BY pid",
             &[&name],
             "listing sessions",
         )?;
