@@ -521,8 +521,9 @@ fn append_files<W: Write>(
         if i == 1 {
             crate::env::crash_point("create-writing");
         }
-        let (mut file, mtime) = open_store_file(&store.join(&*f.rel), f.size)?;
-        let path = format!("{TREE_PREFIX}{}", f.rel);
+        let rel = f.rel();
+        let (mut file, mtime) = open_store_file(&store.join(&*rel), f.size)?;
+        let path = format!("{TREE_PREFIX}{rel}");
         let info = MemberInfo {
             path: &path,
             size: f.size,

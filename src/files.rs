@@ -14,11 +14,74 @@ use crate::error::{Error, Result};
 use crate::pg::FileDocument;
 
 /// One file to pack: its path below `tree/` (and below the store), and the size seen when
-/// scanning. Kept small: a store of a million files holds a million of these.
+/// scanning. Kept small, because the list of them is the one thing in memory that grows with
+/// the store: 32 bytes a file in the usual `aa/bb/<uuid>` layout, whose path is kept as the
+/// UUID's 16 bytes, against about 80 for the path as a string.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreFile {
-    pub rel: Box<str>,
+    name: TreeName,
     pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TreeName {
+    /// `aa/bb/<uuid>` with a lower-case UUID: the path is spelled out again from these bytes.
+    Uuid([u8; 16]),
+    /// Anything else (the legacy layout, an upper-case UUID), as found.
+    Path(Box<str>),
+}
+
+impl StoreFile {
+    pub fn new(rel: &str, size: u64) -> StoreFile {
+        let name = match compact_uuid_path(rel) {
+            Some(bytes) => TreeName::Uuid(bytes),
+            None => TreeName::Path(rel.into()),
+        };
+        StoreFile { name, size }
+    }
+
+    /// The path below `tree/` and below the store.
+    pub fn rel(&self) -> std::borrow::Cow<'_, str> {
+        match &self.name {
+            TreeName::Uuid(bytes) => {
+                let uuid = uuid::Uuid::from_bytes(*bytes).hyphenated().to_string();
+                std::borrow::Cow::Owned(uuid_rel_path(&uuid))
+            }
+            TreeName::Path(p) => std::borrow::Cow::Borrowed(p),
+        }
+    }
+}
+
+impl Ord for StoreFile {
+    /// The order of the paths as strings: the archive's order.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        match (&self.name, &other.name) {
+            // Lower-case hex compares as the bytes it spells, and `aa/bb/` repeats the
+            // UUID's first bytes, so the bytes order the paths.
+            (TreeName::Uuid(a), TreeName::Uuid(b)) => a.cmp(b),
+            _ => self.rel().cmp(&other.rel()),
+        }
+        .then(self.size.cmp(&other.size))
+    }
+}
+
+impl PartialOrd for StoreFile {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// The UUID's bytes when `rel` is `aa/bb/<uuid>` spelled exactly as [`uuid_rel_path`] would
+/// spell it back (lower case), so that nothing is lost.
+fn compact_uuid_path(rel: &str) -> Option<[u8; 16]> {
+    let uuid = rel.get(6..)?;
+    if !crate::archive::layout::is_uuid(uuid) || uuid.bytes().any(|c| c.is_ascii_uppercase()) {
+        return None;
+    }
+    if uuid_rel_path(uuid) != rel {
+        return None;
+    }
+    uuid::Uuid::parse_str(uuid).ok().map(|u| *u.as_bytes())
 }
 
 /// What the scan found, for the report.
@@ -54,9 +117,13 @@ pub struct Selection {
 
 const EXAMPLES: usize = 5;
 
-/// Every regular file below `store`, by path relative to it, with its size.
-fn scan(store: &Path, sel: &mut Selection) -> Result<Vec<(String, u64)>> {
-    let mut found = Vec::new();
+/// Every regular file below `store`, by path relative to it, with its size, handed to `found`
+/// one at a time (no list of strings: see [`StoreFile`]).
+fn scan(
+    store: &Path,
+    sel: &mut Selection,
+    mut found: impl FnMut(&mut Selection, String, u64),
+) -> Result<()> {
     if !store.is_dir() {
         return Err(Error::environment(format!(
             "the file store {} is not a directory",
@@ -103,15 +170,18 @@ fn scan(store: &Path, sel: &mut Selection) -> Result<Vec<(String, u64)>> {
                 )
             })?
             .len();
-        found.push((rel, size));
+        found(sel, rel, size);
     }
-    Ok(found)
+    Ok(())
 }
 
 /// The files the rows of `system$filedocument` call for.
 pub fn select_referenced(store: &Path, docs: &[FileDocument]) -> Result<Selection> {
     let mut sel = Selection::default();
-    let present: HashMap<String, u64> = scan(store, &mut sel)?.into_iter().collect();
+    let mut present: HashMap<String, u64> = HashMap::new();
+    scan(store, &mut sel, |_, rel, size| {
+        present.insert(rel, size);
+    })?;
     let mut claimed: HashSet<String> = HashSet::new();
     for doc in docs {
         let uuid_rel = doc
@@ -146,10 +216,7 @@ pub fn select_referenced(store: &Path, docs: &[FileDocument]) -> Result<Selectio
                     sel.counts.legacy_layout += 1;
                 }
                 sel.total_bytes += size;
-                sel.files.push(StoreFile {
-                    rel: rel.into_boxed_str(),
-                    size,
-                });
+                sel.files.push(StoreFile::new(&rel, size));
             }
             None => {
                 sel.counts.missing += 1;
@@ -171,17 +238,13 @@ pub fn select_referenced(store: &Path, docs: &[FileDocument]) -> Result<Selectio
 /// Every well-named file of the store, for apps without `system$filedocument`.
 pub fn select_all(store: &Path) -> Result<Selection> {
     let mut sel = Selection::default();
-    let present = scan(store, &mut sel)?;
-    for (rel, size) in present {
+    scan(store, &mut sel, |sel, rel, size| {
         if is_tree_name(&rel) {
             if !rel.contains('-') {
                 sel.counts.legacy_layout += 1;
             }
             sel.total_bytes += size;
-            sel.files.push(StoreFile {
-                rel: rel.into_boxed_str(),
-                size,
-            });
+            sel.files.push(StoreFile::new(&rel, size));
         } else {
             sel.counts.skipped += 1;
             if sel.skipped_examples.len() < EXAMPLES {
@@ -190,12 +253,12 @@ pub fn select_all(store: &Path) -> Result<Selection> {
                 ));
             }
         }
-    }
+    })?;
     finish(sel)
 }
 
 fn finish(mut sel: Selection) -> Result<Selection> {
-    sel.files.sort_by(|a, b| a.rel.cmp(&b.rel));
+    sel.files.sort_unstable();
     sel.files.shrink_to_fit();
     sel.counts.included = sel.files.len() as u64;
     Ok(sel)
@@ -244,8 +307,8 @@ mod tests {
             doc("4ccccccc-0000-4000-8000-000000000004", 5, false, false),
         ];
         let sel = select_referenced(root, &docs).unwrap();
-        let rels: Vec<_> = sel.files.iter().map(|f| &*f.rel).collect();
-        assert_eq!(rels, vec!["01/1234", uuid_rel_path(A).as_str()]);
+        let rels: Vec<_> = sel.files.iter().map(|f| f.rel().into_owned()).collect();
+        assert_eq!(rels, vec!["01/1234".to_string(), uuid_rel_path(A)]);
         assert_eq!(
             sel.counts,
             FileCounts {
@@ -269,5 +332,37 @@ mod tests {
         let sel = select_all(dir.path()).unwrap();
         assert_eq!(sel.counts.included, 1);
         assert_eq!(sel.counts.skipped, 1);
+    }
+
+    #[test]
+    fn compact_names_spell_the_same_paths_in_the_same_order() {
+        let names = [
+            uuid_rel_path(A),
+            uuid_rel_path(B),
+            uuid_rel_path(C),
+            "01/1234".to_string(),
+            "0d/3e/0D3E301F-5551-46F8-AD44-8DE2BE084C95".to_string(),
+            "ff/ff/0d3e301f-5551-46f8-ad44-8de2be084c95".to_string(),
+            "99/99999".to_string(),
+        ];
+        let mut files: Vec<StoreFile> = names.iter().map(|n| StoreFile::new(n, 1)).collect();
+        assert!(matches!(files[0].name, TreeName::Uuid(_)));
+        assert!(
+            matches!(files[4].name, TreeName::Path(_)),
+            "upper case kept as found"
+        );
+        assert!(
+            matches!(files[5].name, TreeName::Path(_)),
+            "folders must match the UUID"
+        );
+        for (f, n) in files.iter().zip(&names) {
+            assert_eq!(f.rel(), n.as_str());
+        }
+        files.sort_unstable();
+        let mut want = names.to_vec();
+        want.sort();
+        let got: Vec<String> = files.iter().map(|f| f.rel().into_owned()).collect();
+        assert_eq!(got, want);
+        assert_eq!(std::mem::size_of::<StoreFile>(), 32);
     }
 }

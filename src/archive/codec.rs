@@ -112,12 +112,16 @@ pub fn with_read_ahead<T>(
     source: &mut (dyn Read + Send),
     body: impl FnOnce(&mut dyn Read) -> T,
 ) -> T {
-    use std::sync::mpsc::sync_channel;
+    use std::sync::mpsc::{channel, sync_channel};
     std::thread::scope(|scope| {
         let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(4);
+        // Read chunks come back for reuse: the same few buffers serve the whole archive, so
+        // the allocator has nothing to fragment however long the archive is.
+        let (recycle, recycled) = channel::<Vec<u8>>();
         scope.spawn(move || {
             loop {
-                let mut chunk = vec![0u8; IO_BUFFER];
+                let mut chunk = recycled.try_recv().unwrap_or_default();
+                chunk.resize(IO_BUFFER, 0);
                 match read_full(source, &mut chunk) {
                     Ok(0) => break,
                     Ok(n) => {
@@ -135,6 +139,7 @@ pub fn with_read_ahead<T>(
         });
         let mut reader = ChannelReader {
             rx,
+            recycle,
             chunk: Vec::new(),
             pos: 0,
         };
@@ -147,6 +152,7 @@ pub fn with_read_ahead<T>(
 
 struct ChannelReader {
     rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    recycle: std::sync::mpsc::Sender<Vec<u8>>,
     chunk: Vec<u8>,
     pos: usize,
 }
@@ -156,7 +162,10 @@ impl Read for ChannelReader {
         if self.pos == self.chunk.len() {
             match self.rx.recv() {
                 Ok(Ok(chunk)) => {
-                    self.chunk = chunk;
+                    let used = std::mem::replace(&mut self.chunk, chunk);
+                    if used.capacity() > 0 {
+                        let _ = self.recycle.send(used);
+                    }
                     self.pos = 0;
                 }
                 Ok(Err(e)) => return Err(e),

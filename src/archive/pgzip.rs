@@ -3,7 +3,10 @@
 //! are one valid gzip stream (RFC 1952 §2.2): `gzip -d`, `tar xzf` and every reader that follows
 //! the RFC read them whole. Blocks of 1 MiB cost well under 1 % of ratio against one member.
 //!
-//! Memory stays flat: at most `2 × workers` blocks are in flight.
+//! Memory stays flat: at most `3 × workers` blocks are between the writer and the output
+//! (queued, compressing, or compressed and waiting for an earlier one), and their buffers
+//! (input and output) are reused rather than freed, so a long archive does not fragment the
+//! heap.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -13,8 +16,10 @@ use std::thread::JoinHandle;
 
 pub const BLOCK: usize = 1 << 20;
 
-type Job = (u64, Vec<u8>);
-type Done = (u64, io::Result<Vec<u8>>);
+/// A block to compress, and the buffer to compress it into.
+type Job = (u64, Vec<u8>, Vec<u8>);
+/// The compressed block, and the input buffer back for reuse.
+type Done = (u64, io::Result<Vec<u8>>, Vec<u8>);
 
 pub struct ParallelGzEncoder<W: Write> {
     /// Taken by `finish`.
@@ -23,7 +28,13 @@ pub struct ParallelGzEncoder<W: Write> {
     next_seq: u64,
     next_out: u64,
     ready: BTreeMap<u64, Vec<u8>>,
+    /// Emptied buffers, for the next blocks (inputs) and their compressed forms (outputs).
+    spare_inputs: Vec<Vec<u8>>,
+    spare_outputs: Vec<Vec<u8>>,
     in_flight: usize,
+    /// Blocks dispatched but not yet written out. Counting these, not just the ones still
+    /// compressing, bounds memory: a slow block (text) would otherwise let the other workers
+    /// pile up any number of fast ones (stored) behind it.
     max_in_flight: usize,
     jobs: Option<SyncSender<Job>>,
     done: Receiver<Done>,
@@ -49,11 +60,12 @@ const STORE_ABOVE_BITS: f64 = 7.9;
 /// stream ended with a sync flush, which leaves the bit stream byte-aligned so that stored
 /// blocks can follow; the compressor is reset after every stored run because its history no
 /// longer matches what the reader has seen.
-fn compress(block: &[u8], level: u32) -> io::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(block.len() / 2 + 64);
+fn compress(block: &[u8], deflate: &mut flate2::Compress, mut out: Vec<u8>) -> io::Result<Vec<u8>> {
+    out.clear();
+    out.reserve(block.len() / 2 + 64);
     // RFC 1952 header: deflate, no flags, no mtime, no extra flags, OS unknown.
     out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
-    let mut deflate = flate2::Compress::new(flate2::Compression::new(level), false);
+    deflate.reset();
     let mut start = 0;
     while start < block.len() {
         let stored = is_incompressible(&block[start..(start + SEGMENT).min(block.len())]);
@@ -73,7 +85,7 @@ fn compress(block: &[u8], level: u32) -> io::Result<Vec<u8>> {
             }
             deflate.reset();
         } else {
-            deflate_run(&mut deflate, &block[start..end], &mut out)?;
+            deflate_run(deflate, &block[start..end], &mut out)?;
         }
         start = end;
     }
@@ -157,10 +169,16 @@ impl<W: Write> ParallelGzEncoder<W> {
                 let rx = Arc::clone(&job_rx);
                 let tx = done_tx.clone();
                 std::thread::spawn(move || {
+                    // One compressor a worker, reset for every block: its tables (a few
+                    // hundred KiB) are not reallocated a thousand times a GiB.
+                    let mut deflate = flate2::Compress::new(flate2::Compression::new(level), false);
                     loop {
                         let job = rx.lock().expect("job queue").recv();
-                        let Ok((seq, block)) = job else { break };
-                        if tx.send((seq, compress(&block, level))).is_err() {
+                        let Ok((seq, block, out)) = job else { break };
+                        if tx
+                            .send((seq, compress(&block, &mut deflate, out), block))
+                            .is_err()
+                        {
                             break;
                         }
                     }
@@ -173,8 +191,10 @@ impl<W: Write> ParallelGzEncoder<W> {
             next_seq: 0,
             next_out: 0,
             ready: BTreeMap::new(),
+            spare_inputs: Vec::new(),
+            spare_outputs: Vec::new(),
             in_flight: 0,
-            max_in_flight: 2 * workers,
+            max_in_flight: 3 * workers,
             jobs: Some(job_tx),
             done: done_rx,
             workers: handles,
@@ -189,36 +209,48 @@ impl<W: Write> ParallelGzEncoder<W> {
             self.inner.as_mut().expect("not finished").write_all(&out)?;
             self.next_out += 1;
             self.members += 1;
+            self.spare_outputs.push(out);
         }
         Ok(())
     }
 
     fn receive_one(&mut self) -> io::Result<()> {
-        let (seq, result) = self
+        let done = self
             .done
             .recv()
             .map_err(|_| io::Error::other("a compression worker died"))?;
-        self.in_flight -= 1;
-        self.ready.insert(seq, result?);
+        self.accept(done)?;
         self.drain_ready()
     }
 
+    fn accept(&mut self, (seq, result, mut input): Done) -> io::Result<()> {
+        self.in_flight -= 1;
+        input.clear();
+        self.spare_inputs.push(input);
+        self.ready.insert(seq, result?);
+        Ok(())
+    }
+
     fn dispatch(&mut self) -> io::Result<()> {
-        while self.in_flight >= self.max_in_flight {
+        while self.next_seq - self.next_out >= self.max_in_flight as u64 {
             self.receive_one()?;
         }
-        let block = std::mem::replace(&mut self.block, Vec::with_capacity(self.block_size));
+        let next = self
+            .spare_inputs
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.block_size));
+        let block = std::mem::replace(&mut self.block, next);
+        let out = self.spare_outputs.pop().unwrap_or_default();
         self.jobs
             .as_ref()
             .expect("not finished")
-            .send((self.next_seq, block))
+            .send((self.next_seq, block, out))
             .map_err(|_| io::Error::other("the compression workers stopped"))?;
         self.next_seq += 1;
         self.in_flight += 1;
         // Write whatever is done without waiting.
-        while let Ok((seq, result)) = self.done.try_recv() {
-            self.in_flight -= 1;
-            self.ready.insert(seq, result?);
+        while let Ok(done) = self.done.try_recv() {
+            self.accept(done)?;
         }
         self.drain_ready()
     }
@@ -338,7 +370,8 @@ mod tests {
         input.extend(noise(3 * SEGMENT + 999, 7));
         input.extend(data(SEGMENT + 5));
         input.extend(noise(5000, 9));
-        let member = compress(&input, 6).unwrap();
+        let mut deflate = flate2::Compress::new(flate2::Compression::new(6), false);
+        let member = compress(&input, &mut deflate, Vec::new()).unwrap();
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&member[..])
             .read_to_end(&mut out)
