@@ -257,6 +257,8 @@ struct Examiner<'t, 's> {
     manifest_comment: Option<String>,
     manifest_checked: u64,
     checks: Vec<String>,
+    /// The folder the last extracted file went into, known to exist.
+    last_dir: Option<PathBuf>,
 }
 
 impl Examiner<'_, '_> {
@@ -302,9 +304,13 @@ impl Examiner<'_, '_> {
         };
         // `rel` passed layout::classify: two or three plain components, no "..", no "/".
         let path = root.join(rel);
+        // Members come sorted, so most share the previous one's folder: create each once.
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+            if self.last_dir.as_deref() != Some(parent) {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+                self.last_dir = Some(parent.to_path_buf());
+            }
         }
         let mut file = std::fs::OpenOptions::new()
             .write(true)
@@ -559,6 +565,7 @@ fn examine_tar(
         manifest_comment: None,
         manifest_checked: 0,
         checks: Vec::new(),
+        last_dir: None,
     };
     let mut content = opened.content;
     let walked = crate::archive::codec::with_read_ahead(&mut *content, |r| walk_tar(r, &mut ex))?;
