@@ -233,8 +233,23 @@ impl Read for CountingReader<'_> {
 /// Copies `from` to its end into `to`; a failure to write is ours (disk full), a failure to
 /// read is the archive's.
 pub(crate) fn copy_into(from: &mut dyn Read, to: &mut dyn Write, what: &str) -> Result<u64> {
-    use crate::archive::codec::{PumpError, pump};
-    pump(from, |chunk| to.write_all(chunk)).map_err(|e| match e {
+    copy_through(
+        from,
+        to,
+        &mut vec![0u8; crate::archive::codec::IO_BUFFER],
+        what,
+    )
+}
+
+/// [`copy_into`] through the caller's buffer.
+fn copy_through(
+    from: &mut dyn Read,
+    to: &mut dyn Write,
+    buf: &mut [u8],
+    what: &str,
+) -> Result<u64> {
+    use crate::archive::codec::{PumpError, pump_through};
+    pump_through(from, buf, |chunk| to.write_all(chunk)).map_err(|e| match e {
         PumpError::Read(e) => Error::reading("reading the archive", e),
         PumpError::Write(e) => Error::io(format!("writing {what}"), e),
     })
@@ -259,6 +274,8 @@ struct Examiner<'t, 's> {
     checks: Vec<String>,
     /// The folder the last extracted file went into, known to exist.
     last_dir: Option<PathBuf>,
+    /// One buffer for copying every extracted file.
+    copy_buffer: Option<Vec<u8>>,
 }
 
 impl Examiner<'_, '_> {
@@ -319,7 +336,10 @@ impl Examiner<'_, '_> {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-        let n = copy_into(data, &mut file, &path.display().to_string())?;
+        let buf = self
+            .copy_buffer
+            .get_or_insert_with(|| vec![0u8; crate::archive::codec::IO_BUFFER]);
+        let n = copy_through(data, &mut file, buf, &path.display().to_string())?;
         sinks.extracted_files += 1;
         sinks.extracted_bytes += n;
         if sinks.extracted_files == 10 {
@@ -566,6 +586,7 @@ fn examine_tar(
         manifest_checked: 0,
         checks: Vec::new(),
         last_dir: None,
+        copy_buffer: None,
     };
     let mut content = opened.content;
     let walked = crate::archive::codec::with_read_ahead(&mut *content, |r| walk_tar(r, &mut ex))?;

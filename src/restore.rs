@@ -329,7 +329,25 @@ fn stage(
             restore_staging_db(plan, spool_ref, abort_ref)?;
             Ok(true)
         });
+        // The disk idles while files are extracted into the page cache, and the sync before
+        // the swap would then write them all at once: write them back as they come instead.
+        let (stop_flushing, flush_until_told) = std::sync::mpsc::channel::<()>();
+        let flusher = (want != Some(Variant::Database)).then(|| {
+            let dir = &staging_files;
+            scope.spawn(move || {
+                let pause = std::time::Duration::from_millis(250);
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    flush_until_told.recv_timeout(pause)
+                {
+                    let _ = sync_tree(dir);
+                }
+            })
+        });
         let extracted = check::extract(input, &mut sinks, progress);
+        drop(stop_flushing);
+        if let Some(f) = flusher {
+            let _ = f.join();
+        }
         drop(sinks.dump_ready.take());
         drop(sinks.dump_to.take());
         if extracted.is_err() {

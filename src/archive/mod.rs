@@ -5,6 +5,7 @@
 pub mod codec;
 pub mod detect;
 pub mod dump_header;
+pub mod hashpipe;
 pub mod layout;
 pub mod manifest;
 pub mod pgzip;

@@ -4,13 +4,12 @@
 //! marker as the end; here both are errors.
 
 use std::cell::Cell;
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::io::{self, Read};
 use std::rc::Rc;
 
-use sha2::{Digest, Sha256};
-
 use super::codec::IO_BUFFER;
+use super::hashpipe::HashPipe;
 use super::layout::{EntryKind, Member, classify};
 use super::writer::hex;
 use crate::error::{Error, Result};
@@ -21,7 +20,9 @@ pub trait Visitor {
     fn content(&mut self, _member: &Member, _size: u64, _data: &mut dyn Read) -> Result<()> {
         Ok(())
     }
-    /// Called once the member has been read whole.
+    /// Called once the member has been read whole and hashed: in member order, but possibly
+    /// after later members' `content` (hashing runs behind on its own thread). Every member
+    /// before the manifest is finished before the manifest's `content`.
     fn finished(&mut self, member: &Member, size: u64, sha256: &str) -> Result<()>;
 }
 
@@ -41,7 +42,7 @@ impl<R: Read> Read for CountingReader<R> {
 
 struct HashingReader<'a, R: ?Sized> {
     inner: &'a mut R,
-    hasher: Sha256,
+    hasher: &'a mut HashPipe,
     read: u64,
 }
 
@@ -73,6 +74,20 @@ pub fn walk_tar(content: &mut dyn Read, visitor: &mut dyn Visitor) -> Result<Wal
     let mut walked = Walked::default();
     let mut data_end = 0u64;
     let mut buf = vec![0u8; IO_BUFFER];
+    let mut hasher = HashPipe::new();
+    // Members read whole, waiting for their digests.
+    let mut hashing_behind: VecDeque<(Member, u64)> = VecDeque::new();
+    let catch_up = |hasher: &mut HashPipe,
+                    behind: &mut VecDeque<(Member, u64)>,
+                    visitor: &mut dyn Visitor,
+                    wait: bool|
+     -> Result<()> {
+        while let Some(digest) = hasher.next_digest(wait) {
+            let (member, size) = behind.pop_front().expect("a digest per member");
+            visitor.finished(&member, size, &hex(&digest))?;
+        }
+        Ok(())
+    };
     let entries = archive
         .entries()
         .map_err(|e| Error::reading("reading the tar stream", e))?;
@@ -101,9 +116,13 @@ pub fn walk_tar(content: &mut dyn Read, visitor: &mut dyn Visitor) -> Result<Wal
                 "member {path} follows the manifest, which must be the last member"
             )));
         }
+        if member == Member::Manifest {
+            // The manifest is checked against every digest before it.
+            catch_up(&mut hasher, &mut hashing_behind, visitor, true)?;
+        }
         let mut hashing = HashingReader {
             inner: &mut entry,
-            hasher: Sha256::new(),
+            hasher: &mut hasher,
             read: 0,
         };
         visitor.content(&member, size, &mut hashing)?;
@@ -121,12 +140,14 @@ pub fn walk_tar(content: &mut dyn Read, visitor: &mut dyn Visitor) -> Result<Wal
                 hashing.read
             )));
         }
-        let sha = hex(&hashing.hasher.finalize());
+        hasher.end_member();
         walked.members += 1;
         walked.content_bytes += size;
-        visitor.finished(&member, size, &sha)?;
+        hashing_behind.push_back((member, size));
+        catch_up(&mut hasher, &mut hashing_behind, visitor, false)?;
     }
     drop(archive);
+    catch_up(&mut hasher, &mut hashing_behind, visitor, true)?;
     // The tar crate stops at a zero block *or* at the end of input, so a cut archive can look
     // whole to it. Every tar writer ends with two zero blocks after the last member's data;
     // count what follows and insist on them. The rest must be zero padding, and reading it to

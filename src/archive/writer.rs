@@ -4,9 +4,10 @@
 
 use std::io::{self, Read, Write};
 
-use sha2::{Digest, Sha256};
+use std::collections::VecDeque;
 
 use super::codec::{Encoder, IO_BUFFER};
+use super::hashpipe::HashPipe;
 use super::layout::MANIFEST;
 use super::manifest::{ManifestEntry, ManifestSpool};
 use super::{Compression, Variant};
@@ -18,7 +19,7 @@ pub struct Tally<W> {
     inner: W,
     count: u64,
     /// `None` counts only: a part of an archive, hashed as a whole further out.
-    hasher: Option<Sha256>,
+    hasher: Option<HashPipe>,
 }
 
 impl<W: Write> Tally<W> {
@@ -26,7 +27,7 @@ impl<W: Write> Tally<W> {
         Tally {
             inner,
             count: 0,
-            hasher: Some(Sha256::new()),
+            hasher: Some(HashPipe::new()),
         }
     }
 
@@ -40,7 +41,13 @@ impl<W: Write> Tally<W> {
 
     /// Bytes written so far, and the SHA-256 of them (empty when only counting).
     pub fn into_parts(self) -> (W, u64, String) {
-        let sha = self.hasher.map(|h| hex(&h.finalize())).unwrap_or_default();
+        let sha = self
+            .hasher
+            .map(|mut h| {
+                h.end_member();
+                hex(&h.next_digest(true).expect("one member"))
+            })
+            .unwrap_or_default();
         (self.inner, self.count, sha)
     }
 }
@@ -93,6 +100,10 @@ pub struct TarOptions {
 pub struct TarWriter<'p, W: Write> {
     out: Encoder<Tally<W>>,
     manifest: ManifestSink,
+    /// Members' SHA-256, computed behind the writing on a thread of their own.
+    hasher: HashPipe,
+    /// Members written whose digests have not come back yet: (path, size).
+    hashing_behind: VecDeque<(String, u64)>,
     buf: Vec<u8>,
     written: Written,
     progress: &'p dyn Progress,
@@ -156,6 +167,8 @@ impl<'p, W: Write> TarWriter<'p, W> {
         Ok(TarWriter {
             out: Encoder::new(out, options.compression, options.level)?,
             manifest,
+            hasher: HashPipe::new(),
+            hashing_behind: VecDeque::new(),
             buf: vec![0; IO_BUFFER],
             written: Written::default(),
             progress,
@@ -167,26 +180,50 @@ impl<'p, W: Write> TarWriter<'p, W> {
     /// A source that ends early or holds more than `size` bytes is an error: the file changed
     /// between the moment its size was taken and now, and the archive would lie.
     pub fn append(&mut self, info: &MemberInfo<'_>, data: &mut dyn Read) -> io::Result<()> {
-        let sha = self.append_raw(info, data, true)?;
-        let entry = ManifestEntry {
-            path: info.path.to_string(),
-            size: info.size,
-            sha256: sha,
-        };
-        match &mut self.manifest {
-            ManifestSink::None => {}
-            ManifestSink::Spool(spool) => spool.add(&entry)?,
-            ManifestSink::Entries(entries) => entries.push(entry),
+        self.append_raw(info, data, true)?;
+        if self.hashing() {
+            self.hasher.end_member();
+            self.hashing_behind
+                .push_back((info.path.to_string(), info.size));
+        }
+        self.record_digests(false)
+    }
+
+    /// Whether members are hashed: for the manifest; the strict layout has none.
+    fn hashing(&self) -> bool {
+        !matches!(self.manifest, ManifestSink::None)
+    }
+
+    /// Puts the members whose digests are ready (all of them, when `wait`) in the manifest.
+    fn record_digests(&mut self, wait: bool) -> io::Result<()> {
+        while let Some(digest) = self.hasher.next_digest(wait) {
+            let (path, size) = self
+                .hashing_behind
+                .pop_front()
+                .expect("a member per digest");
+            let entry = ManifestEntry {
+                path,
+                size,
+                sha256: hex(&digest),
+            };
+            match &mut self.manifest {
+                ManifestSink::None => {}
+                ManifestSink::Spool(spool) => spool.add(&entry)?,
+                ManifestSink::Entries(entries) => entries.push(entry),
+            }
         }
         Ok(())
     }
 
+    /// Writes the member. A content member (`report`) counts as progress and, when there is
+    /// a manifest, goes to `self.hasher` as its current member, which the caller ends; the
+    /// manifest itself does neither.
     fn append_raw(
         &mut self,
         info: &MemberInfo<'_>,
         data: &mut dyn Read,
         report: bool,
-    ) -> io::Result<String> {
+    ) -> io::Result<()> {
         let mut header = tar::Header::new_ustar();
         header.set_path(info.path)?;
         header.set_size(info.size);
@@ -198,7 +235,6 @@ impl<'p, W: Write> TarWriter<'p, W> {
         header.set_cksum();
         self.out.write_all(header.as_bytes())?;
 
-        let mut hasher = Sha256::new();
         let mut left = info.size;
         while left > 0 {
             let want = left.min(self.buf.len() as u64) as usize;
@@ -218,7 +254,9 @@ impl<'p, W: Write> TarWriter<'p, W> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
-            hasher.update(&self.buf[..n]);
+            if report && self.hashing() {
+                self.hasher.update(&self.buf[..n]);
+            }
             self.out.write_all(&self.buf[..n])?;
             left -= n as u64;
             if report {
@@ -236,7 +274,7 @@ impl<'p, W: Write> TarWriter<'p, W> {
         self.out.write_all(&[0u8; 512][..pad])?;
         self.written.members += 1;
         self.written.content_bytes += info.size;
-        Ok(hex(&hasher.finalize()))
+        Ok(())
     }
 
     /// Appends the manifest (unless strict), the end-of-archive blocks and the codec trailer,
@@ -249,6 +287,7 @@ impl<'p, W: Write> TarWriter<'p, W> {
     /// no end-of-archive blocks). Returns the output, what was written, and the manifest
     /// entries for the trailing part.
     pub fn finish_leading(mut self) -> io::Result<(W, Written, Vec<ManifestEntry>)> {
+        self.record_digests(true)?;
         let entries = match std::mem::replace(&mut self.manifest, ManifestSink::None) {
             ManifestSink::Entries(entries) => entries,
             _ => Vec::new(),
@@ -260,6 +299,7 @@ impl<'p, W: Write> TarWriter<'p, W> {
     /// Ends the archive: the manifest (the leading part's entries, then this writer's), the
     /// end-of-archive blocks and the codec trailer.
     pub fn finish_trailing(mut self, leading: &[ManifestEntry]) -> io::Result<(W, Written)> {
+        self.record_digests(true)?;
         if let ManifestSink::Spool(manifest) =
             std::mem::replace(&mut self.manifest, ManifestSink::None)
         {
