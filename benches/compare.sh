@@ -60,10 +60,20 @@ echo "bench: database ${db_mb} MiB (pgbench scale $scale)" >&2
 
 out="$work/out"; mkdir -p "$out"
 results="$work/results"; : > "$results"
+# Every run starts from the same memory state: dirty pages written, the page cache emptied
+# (when root may), then the inputs read back in: the store, the archives and the database's
+# files. Without it, later runs pay for reclaiming the cache that earlier runs filled.
+settle() {
+  sync
+  [ -w /proc/sys/vm/drop_caches ] || return 0
+  echo 1 > /proc/sys/vm/drop_caches
+  { find "$S" "$work/pg/data" -type f -print0; find "$out" -maxdepth 1 -type f -print0; } \
+    | xargs -0 cat > /dev/null 2>&1 || true
+}
 # measure NAME GROUP CMD: time one run, record seconds, peak RSS (KiB) and output size.
 measure() {
   local name=$1 group=$2 cmd=$3
-  sync
+  settle
   /usr/bin/time -f "%e %M" -o "$work/time" bash -c "$cmd" >/dev/null 2>>"$work/log" \
     || { echo "bench: $name failed, see $work/log" >&2; tail -5 "$work/log" >&2; exit 1; }
   read -r secs kb < "$work/time"
