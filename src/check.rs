@@ -116,6 +116,8 @@ pub struct Sinks {
     /// Told once the dump is whole in `dump_to` (the archive's second member), so a restore
     /// can start pg_restore while the files are still being extracted.
     pub dump_ready: Option<std::sync::mpsc::Sender<()>>,
+    /// Set when the first tree file is created, for whoever writes the files back meanwhile.
+    pub tree_begun: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Reads the archive with every check `verify` makes except pg_restore's (the restore itself
@@ -327,6 +329,11 @@ impl Examiner<'_, '_> {
                 std::fs::create_dir_all(parent)
                     .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
                 self.last_dir = Some(parent.to_path_buf());
+            }
+        }
+        if sinks.extracted_files == 0 {
+            if let Some(begun) = &sinks.tree_begun {
+                begun.store(true, std::sync::atomic::Ordering::Relaxed);
             }
         }
         let mut file = std::fs::OpenOptions::new()

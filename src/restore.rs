@@ -7,6 +7,7 @@
 //! untouched; a failure drops the staging copies.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
@@ -307,6 +308,8 @@ fn stage(
         journal.save(&journal_path)?;
     }
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let tree_begun = std::sync::Arc::new(AtomicBool::new(false));
+    let database_loading = AtomicBool::new(false);
     let mut sinks = Sinks {
         dump_to: maybe_db.then_some(spool),
         tree_to: (want != Some(Variant::Database)).then(|| staging_files.clone()),
@@ -315,31 +318,41 @@ fn stage(
         extracted_bytes: 0,
         wanted: want,
         dump_ready: maybe_db.then_some(ready_tx),
+        tree_begun: Some(tree_begun.clone()),
     };
-    let abort = std::sync::atomic::AtomicBool::new(false);
+    let abort = AtomicBool::new(false);
     progress.stage("reading and checking the archive", None);
     // The database half starts as soon as the dump is spooled and runs while the files are
     // extracted and checked; both must succeed before anything is swapped.
-    let (spool_ref, abort_ref) = (&spool_path, &abort);
+    let (spool_ref, abort_ref, loading) = (&spool_path, &abort, &database_loading);
     let (extracted, restored) = std::thread::scope(|scope| {
         let db_half = scope.spawn(move || -> Result<bool> {
             if ready_rx.recv().is_err() {
                 return Ok(false);
             }
-            restore_staging_db(plan, spool_ref, abort_ref)?;
+            loading.store(true, Ordering::Relaxed);
+            let restored = restore_staging_db(plan, spool_ref, abort_ref);
+            // Gone before the writeback below resumes: its pages need never reach the disk.
+            let _ = std::fs::remove_file(spool_ref);
+            loading.store(false, Ordering::Relaxed);
+            restored?;
             Ok(true)
         });
         // The disk idles while files are extracted into the page cache, and the sync before
         // the swap would then write them all at once: write them back as they come instead.
+        // Not while PostgreSQL loads the dump: its WAL flushes would queue behind our writes
+        // (a full restore measured 0.6 s slower), nor while the dump is being spooled.
         let (stop_flushing, flush_until_told) = std::sync::mpsc::channel::<()>();
         let flusher = (want != Some(Variant::Database)).then(|| {
-            let dir = &staging_files;
+            let (dir, begun) = (&staging_files, &tree_begun);
             scope.spawn(move || {
                 let pause = std::time::Duration::from_millis(250);
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                     flush_until_told.recv_timeout(pause)
                 {
-                    let _ = sync_tree(dir);
+                    if begun.load(Ordering::Relaxed) && !loading.load(Ordering::Relaxed) {
+                        let _ = sync_tree(dir);
+                    }
                 }
             })
         });
@@ -352,7 +365,7 @@ fn stage(
         drop(sinks.dump_to.take());
         if extracted.is_err() {
             // Stop pg_restore early: dropping the staging database ends its connections.
-            abort.store(true, std::sync::atomic::Ordering::SeqCst);
+            abort.store(true, Ordering::SeqCst);
             let _ = plan.admin.execute(&format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                 crate::pg::query::quote_ident(&plan.staging_db)
@@ -443,12 +456,7 @@ fn stage(
 /// Creates the staging database (like the target: encoding and locale) and pg_restores the
 /// spooled dump into it. Runs on its own thread, with its own admin connection, while the main
 /// thread extracts the files. `abort` stops it between steps.
-fn restore_staging_db(
-    plan: &Plan,
-    spool_path: &std::path::Path,
-    abort: &std::sync::atomic::AtomicBool,
-) -> Result<()> {
-    use std::sync::atomic::Ordering;
+fn restore_staging_db(plan: &Plan, spool_path: &std::path::Path, abort: &AtomicBool) -> Result<()> {
     let target = &plan.opts.target;
     let admin = env::admin_session(&target.database)?;
     if abort.load(Ordering::SeqCst) {
