@@ -157,7 +157,8 @@ fn db_name(base: &str, suffix: &str) -> String {
 
 /// Checks the environment and decides names; changes nothing but finishing an interrupted
 /// restore.
-pub fn plan(opts: RestoreOptions) -> Result<Plan> {
+pub fn plan(mut opts: RestoreOptions) -> Result<Plan> {
+    opts.target.files = follow_store_link(&opts.target.files)?;
     let target = &opts.target;
     let tools = PgTools::find(opts.pg_bin.as_deref())?;
     let lock = target.lock()?;
@@ -196,6 +197,22 @@ pub fn plan(opts: RestoreOptions) -> Result<Plan> {
         target_files_exist,
         opts,
     })
+}
+
+/// A store given as a symbolic link (often to a bigger disk) is restored where the link
+/// points: staging next to the real directory keeps the swap a rename on one filesystem, puts
+/// the free-space check on the right disk, and leaves the link itself in place.
+fn follow_store_link(files: &std::path::Path) -> Result<std::path::PathBuf> {
+    match std::fs::symlink_metadata(files) {
+        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(files).map_err(|e| {
+            Error::io(
+                format!("following the file store link {}", files.display()),
+                e,
+            )
+            .with_hint("point the link at an existing directory, or pass that directory")
+        }),
+        _ => Ok(files.to_path_buf()),
+    }
 }
 
 /// Runs the plan with the archive read from `input`.

@@ -234,6 +234,47 @@ fn keep_previous_keeps_the_old_database_and_files() {
 }
 
 #[test]
+fn a_store_behind_a_symlink_is_restored_where_the_link_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, rows) = snapshot(dir.path(), &[]);
+    let env = Env::new("linked");
+    let (_, old_files) = env.state();
+    // The store lives on "another disk"; the environment names it through a link.
+    let disk = tempfile::tempdir().unwrap();
+    let real = disk.path().join("store");
+    std::fs::rename(&env.files, &real).unwrap();
+    std::os::unix::fs::symlink(&real, &env.files).unwrap();
+    let run = ok(env.restore(&archive, &["--keep-previous", "--json"]));
+    assert!(
+        std::fs::symlink_metadata(&env.files)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the link was replaced"
+    );
+    assert_eq!(std::fs::read_link(&env.files).unwrap(), real);
+    assert_eq!(env.db.checksums(), rows);
+    assert_eq!(tree_hashes(&real), fixture_tree(&env.db));
+    // The previous files are kept beside the real store, on its disk.
+    let old_dir = PathBuf::from(run.json()["swapped"]["previous_files"].as_str().unwrap());
+    assert_eq!(old_dir.parent().unwrap(), real.parent().unwrap());
+    assert_eq!(tree_hashes(&old_dir), old_files);
+    let left: Vec<String> = std::fs::read_dir(disk.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("mxsnap-work") || n.contains("mxsnap-journal"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    env.assert_clean();
+    drop(Db {
+        name: run.json()["swapped"]["previous_database"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    });
+}
+
+#[test]
 fn dry_run_prints_the_plan_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (archive, _) = snapshot(dir.path(), &[]);
