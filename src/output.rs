@@ -56,12 +56,12 @@ impl PendingFile {
         &self.target
     }
 
-    pub fn writer(&self) -> Result<BufWriter<File>> {
+    pub fn writer(&self) -> Result<BufWriter<WriteBehind>> {
         let file = self
             .temp
             .reopen()
             .map_err(|e| Error::io(format!("opening {}", self.path().display()), e))?;
-        Ok(BufWriter::with_capacity(IO_BUFFER, file))
+        Ok(BufWriter::with_capacity(IO_BUFFER, WriteBehind::new(file)))
     }
 
     /// Syncs the data and gives the file its final name. Dropping a `PendingFile` without
@@ -89,11 +89,60 @@ impl PendingFile {
 }
 
 /// Flushes a buffered file writer and reports a failure (a full disk shows up here).
-pub fn flush(mut w: BufWriter<File>, what: &str) -> Result<File> {
+pub fn flush<W: Write>(mut w: BufWriter<W>, what: &str) -> Result<W> {
     w.flush()
         .map_err(|e| Error::io(format!("writing {what}"), e))?;
     w.into_inner()
         .map_err(|e| Error::io(format!("writing {what}"), e.into_error()))
+}
+
+/// A file written front to back whose pages are handed to the disk as each few MiB fill,
+/// while the rest is still being made. Without it the kernel starts writing only at its dirty
+/// threshold (gigabytes here), and the sync before the rename wrote the whole archive with
+/// the CPU idle: 0.8 s at the end of a 1 GiB create.
+pub struct WriteBehind {
+    file: File,
+    written: u64,
+    handed: u64,
+}
+
+/// How much is written before it is handed to the disk.
+const WRITE_BEHIND_STEP: u64 = 8 << 20;
+
+impl WriteBehind {
+    pub fn new(file: File) -> WriteBehind {
+        WriteBehind {
+            file,
+            written: 0,
+            handed: 0,
+        }
+    }
+}
+
+impl Write for WriteBehind {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.handed >= WRITE_BEHIND_STEP {
+            // Starts the writeback and returns; a failure here is only a missed hint, and the
+            // final sync reports any real write error.
+            // SAFETY: sync_file_range on a descriptor we own, over bytes already written.
+            unsafe {
+                libc::sync_file_range(
+                    std::os::fd::AsRawFd::as_raw_fd(&self.file),
+                    self.handed as libc::off64_t,
+                    (self.written - self.handed) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+            self.handed = self.written;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// The writer for the second half of an output whose first half is still being made on
@@ -209,6 +258,25 @@ mod tests {
         let other = dir.path().join("b.tar.gz");
         drop(PendingFile::create(&other, false).unwrap());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn write_behind_passes_every_byte_through_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let mut w = WriteBehind::new(File::create(&path).unwrap());
+        // Uneven writes that cross several hand-over points.
+        let data: Vec<u8> = (0..(3 * WRITE_BEHIND_STEP as usize + 12_345))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        for chunk in data.chunks(1_000_003) {
+            w.write_all(chunk).unwrap();
+        }
+        w.flush().unwrap();
+        // Handed over twice (after 9 and 18 writes); less than a step is left to the sync.
+        assert_eq!(w.handed, 18 * 1_000_003);
+        assert!(w.written - w.handed < WRITE_BEHIND_STEP);
+        assert_eq!(std::fs::read(&path).unwrap(), data);
     }
 
     #[test]
