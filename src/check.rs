@@ -18,6 +18,7 @@ use crate::archive::{Compression, Input, Variant};
 use crate::error::{Error, Result};
 use crate::pg::PgTools;
 use crate::progress::Progress;
+use crate::tree_writer::TreeWriter;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -274,10 +275,8 @@ struct Examiner<'t, 's> {
     manifest_comment: Option<String>,
     manifest_checked: u64,
     checks: Vec<String>,
-    /// The folder the last extracted file went into, known to exist.
-    last_dir: Option<PathBuf>,
-    /// One buffer for copying every extracted file.
-    copy_buffer: Option<Vec<u8>>,
+    /// Makes the extracted files, on its own thread.
+    tree_writer: Option<TreeWriter>,
 }
 
 impl Examiner<'_, '_> {
@@ -314,7 +313,6 @@ impl Examiner<'_, '_> {
     }
 
     fn write_tree_file(&mut self, rel: &str, data: &mut dyn Read) -> Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
         let Some(sinks) = self.sinks.as_mut() else {
             return Ok(());
         };
@@ -323,30 +321,15 @@ impl Examiner<'_, '_> {
         };
         // `rel` passed layout::classify: two or three plain components, no "..", no "/".
         let path = root.join(rel);
-        // Members come sorted, so most share the previous one's folder: create each once.
-        if let Some(parent) = path.parent() {
-            if self.last_dir.as_deref() != Some(parent) {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
-                self.last_dir = Some(parent.to_path_buf());
-            }
-        }
         if sinks.extracted_files == 0 {
             if let Some(begun) = &sinks.tree_begun {
                 begun.store(true, std::sync::atomic::Ordering::Relaxed);
             }
         }
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-        let buf = self
-            .copy_buffer
-            .get_or_insert_with(|| vec![0u8; crate::archive::codec::IO_BUFFER]);
-        let n = copy_through(data, &mut file, buf, &path.display().to_string())?;
+        let n = self
+            .tree_writer
+            .get_or_insert_with(TreeWriter::new)
+            .write_file(path, data)?;
         sinks.extracted_files += 1;
         sinks.extracted_bytes += n;
         if sinks.extracted_files == 10 {
@@ -592,11 +575,14 @@ fn examine_tar(
         manifest_comment: None,
         manifest_checked: 0,
         checks: Vec::new(),
-        last_dir: None,
-        copy_buffer: None,
+        tree_writer: None,
     };
     let mut content = opened.content;
     let walked = crate::archive::codec::with_read_ahead(&mut *content, |r| walk_tar(r, &mut ex))?;
+    // Every file is written and closed before the extraction counts as done.
+    if let Some(writer) = ex.tree_writer.take() {
+        writer.finish()?;
+    }
     let has_metadata = ex.order.contains(&"metadata");
     let has_dump = ex.dump_size.is_some();
     let variant = if has_metadata || has_dump {

@@ -18,5 +18,6 @@ pub mod pg;
 pub mod prepare;
 pub mod progress;
 pub mod restore;
+pub mod tree_writer;
 
 pub use error::{Error, ErrorKind, Result};

@@ -371,6 +371,87 @@ fn a_second_restore_while_one_runs_is_refused() {
     ok(env.restore(&archive, &[]));
 }
 
+/// A filesystem of its own, too small for what is restored into it (tmpfs; needs root).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(kib: u32) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a {kib} KiB tmpfs failed");
+        SmallDisk { dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_disk_that_fills_during_extraction_leaves_the_target_as_it_was() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a small filesystem needs root (CI runs as root)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, _) = snapshot(dir.path(), &[]);
+    // Only the files, with no .metadata to announce their size: nothing can refuse up front,
+    // and the disk fills while the files are written.
+    let tree: Vec<(String, Vec<u8>)> = good_members(&archive)
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("tree/"))
+        .collect();
+    let total: usize = tree.iter().map(|(_, d)| d.len()).sum();
+    assert!(
+        total > 200 * 1024,
+        "the fixture tree is too small: {total} bytes"
+    );
+    let files_only = dir.path().join("files-only.tar.gz");
+    std::fs::write(&files_only, gzip(&build_tar(&tree))).unwrap();
+
+    let disk = SmallDisk::mount(96);
+    let files = disk.dir.path().join("files");
+    std::fs::create_dir_all(files.join("aa/bb")).unwrap();
+    std::fs::write(
+        files.join("aa/bb/aabbcccc-0000-4000-8000-000000000000"),
+        b"the target's own file",
+    )
+    .unwrap();
+    let env = Env {
+        db: Db::with_fixture("small_disk"),
+        _dir: tempfile::tempdir().unwrap(),
+        files,
+    };
+    let before = env.state();
+    let run = env.restore(&files_only, &[]);
+    assert_ne!(run.code, 0, "accepted:\n{}", run.stderr);
+    assert!(
+        run.stderr.contains("No space left on device") && run.stderr.contains("free some space"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(env.state(), before, "the target changed");
+    env.assert_clean();
+    let left: Vec<String> = std::fs::read_dir(disk.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "files" && !n.ends_with("mxsnap-lock"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
 // ---- hostile and corrupt inputs -----------------------------------------------------------
 
 /// A tar whose members are given raw: (name, type, data); names are written byte for byte.
