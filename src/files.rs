@@ -73,7 +73,7 @@ impl PartialOrd for StoreFile {
 
 /// The UUID's bytes when `rel` is `aa/bb/<uuid>` spelled exactly as [`uuid_rel_path`] would
 /// spell it back (lower case), so that nothing is lost.
-fn compact_uuid_path(rel: &str) -> Option<[u8; 16]> {
+pub(crate) fn compact_uuid_path(rel: &str) -> Option<[u8; 16]> {
     let uuid = rel.get(6..)?;
     if !crate::archive::layout::is_uuid(uuid) || uuid.bytes().any(|c| c.is_ascii_uppercase()) {
         return None;

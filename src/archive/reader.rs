@@ -62,6 +62,32 @@ pub struct Walked {
     pub content_bytes: u64,
 }
 
+/// The member paths met so far, to refuse a second member of the same name. A store's
+/// `tree/aa/bb/<uuid>` path is kept as the UUID's 16 bytes (it is spelled back from them
+/// exactly), anything else as written: memory per member stays small for large stores.
+#[derive(Default)]
+struct SeenMembers {
+    uuid_paths: HashSet<[u8; 16]>,
+    other_paths: HashSet<String>,
+    manifest: bool,
+}
+
+impl SeenMembers {
+    /// False when `path` was seen before.
+    fn insert(&mut self, path: &str) -> bool {
+        if path == super::layout::MANIFEST {
+            self.manifest = true;
+        }
+        let compact = path
+            .strip_prefix(super::layout::TREE_PREFIX)
+            .and_then(crate::files::compact_uuid_path);
+        match compact {
+            Some(bytes) => self.uuid_paths.insert(bytes),
+            None => self.other_paths.insert(path.to_string()),
+        }
+    }
+}
+
 /// Walks the tar in `content` (already decompressed), calling `visitor` for each member.
 pub fn walk_tar(content: &mut dyn Read, visitor: &mut dyn Visitor) -> Result<Walked> {
     let count = Rc::new(Cell::new(0u64));
@@ -70,7 +96,7 @@ pub fn walk_tar(content: &mut dyn Read, visitor: &mut dyn Visitor) -> Result<Wal
         count: Rc::clone(&count),
     };
     let mut archive = tar::Archive::new(counted);
-    let mut seen: HashSet<String> = HashSet::new();
+    let mut seen = SeenMembers::default();
     let mut walked = Walked::default();
     let mut data_end = 0u64;
     let mut buf = vec![0u8; IO_BUFFER];
@@ -106,12 +132,12 @@ pub fn walk_tar(content: &mut dyn Read, visitor: &mut dyn Visitor) -> Result<Wal
             continue;
         }
         let path = member.path();
-        if !seen.insert(path.clone()) {
+        if !seen.insert(&path) {
             return Err(Error::corrupt(format!(
                 "member {path} appears twice; refusing an ambiguous archive"
             )));
         }
-        if seen.contains(super::layout::MANIFEST) && member != Member::Manifest {
+        if seen.manifest && member != Member::Manifest {
             return Err(Error::corrupt(format!(
                 "member {path} follows the manifest, which must be the last member"
             )));
@@ -182,6 +208,28 @@ mod tests {
     use super::*;
     use crate::archive::codec::tests::ShortReader;
     use crate::error::ErrorKind;
+
+    #[test]
+    fn seen_members_tell_every_spelling_apart_and_catch_repeats() {
+        let mut seen = SeenMembers::default();
+        let uuid = "tree/ab/cd/abcd0000-1111-4222-8333-444455556666";
+        let spellings = [
+            uuid,
+            "tree/abcd0000-1111-4222-8333-444455556666",
+            "tree/ab/cd/ABCD0000-1111-4222-8333-444455556666",
+            "tree/ab/ce/abcd0000-1111-4222-8333-444455556666",
+            "tree/12/34/5",
+            ".metadata",
+        ];
+        for p in spellings {
+            assert!(seen.insert(p), "{p} taken for a repeat");
+        }
+        assert!(seen.uuid_paths.len() == 1 && !seen.manifest);
+        for p in spellings {
+            assert!(!seen.insert(p), "{p} repeated unnoticed");
+        }
+        assert!(seen.insert(crate::archive::layout::MANIFEST) && seen.manifest);
+    }
 
     struct Collect(Vec<(String, u64)>);
     impl Visitor for Collect {
