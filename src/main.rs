@@ -696,7 +696,8 @@ fn run_restore(args: &cli::TargetArgs, archive: &Path, quiet: bool) -> anyhow::R
             eprintln!("mxsnap: previous files kept in {}", f.display());
         }
     }
-    if let Some(env) = &local {
+    // -q means quiet: `mxsnap env status DIR` prints the same settings on demand.
+    if let (Some(env), false) = (&local, quiet) {
         println!(
             "Local environment in {} is running{}:",
             env.dir.display(),
