@@ -88,14 +88,6 @@ impl PendingFile {
     }
 }
 
-/// Flushes a buffered file writer and reports a failure (a full disk shows up here).
-pub fn flush<W: Write>(mut w: BufWriter<W>, what: &str) -> Result<W> {
-    w.flush()
-        .map_err(|e| Error::io(format!("writing {what}"), e))?;
-    w.into_inner()
-        .map_err(|e| Error::io(format!("writing {what}"), e.into_error()))
-}
-
 /// A file written front to back whose pages are handed to the disk as each few MiB fill,
 /// while the rest is still being made. Without it the kernel starts writing only at its dirty
 /// threshold (gigabytes here), and the sync before the rename wrote the whole archive with
@@ -247,7 +239,8 @@ mod tests {
         let pending = PendingFile::create(&target, false).unwrap();
         let mut w = pending.writer().unwrap();
         w.write_all(b"data").unwrap();
-        flush(w, "a").unwrap();
+        w.flush().unwrap();
+        drop(w);
         assert!(!target.exists());
         pending.commit().unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"data");
