@@ -236,23 +236,8 @@ impl Read for CountingReader<'_> {
 /// Copies `from` to its end into `to`; a failure to write is ours (disk full), a failure to
 /// read is the archive's.
 pub(crate) fn copy_into(from: &mut dyn Read, to: &mut dyn Write, what: &str) -> Result<u64> {
-    copy_through(
-        from,
-        to,
-        &mut vec![0u8; crate::archive::codec::IO_BUFFER],
-        what,
-    )
-}
-
-/// [`copy_into`] through the caller's buffer.
-fn copy_through(
-    from: &mut dyn Read,
-    to: &mut dyn Write,
-    buf: &mut [u8],
-    what: &str,
-) -> Result<u64> {
-    use crate::archive::codec::{PumpError, pump_through};
-    pump_through(from, buf, |chunk| to.write_all(chunk)).map_err(|e| match e {
+    use crate::archive::codec::{PumpError, pump};
+    pump(from, |chunk| to.write_all(chunk)).map_err(|e| match e {
         PumpError::Read(e) => Error::reading("reading the archive", e),
         PumpError::Write(e) => Error::io(format!("writing {what}"), e),
     })

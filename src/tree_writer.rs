@@ -26,9 +26,9 @@ struct Chunk {
     /// Set on a file's first chunk: the file to create.
     create: Option<PathBuf>,
     buf: Vec<u8>,
+    /// Bytes of `buf` in use; fewer than `CHUNK` ends the file (an empty chunk, when its size
+    /// is a multiple of `CHUNK`).
     len: usize,
-    /// The file's last chunk: close it.
-    last: bool,
 }
 
 pub struct TreeWriter {
@@ -59,23 +59,13 @@ impl TreeWriter {
         let mut total = 0u64;
         loop {
             let mut buf = self.spare.try_recv().unwrap_or_else(|_| vec![0u8; CHUNK]);
-            let mut len = 0;
-            while len < CHUNK {
-                match data.read(&mut buf[len..]) {
-                    Ok(0) => break,
-                    Ok(n) => len += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(Error::reading("reading the archive", e)),
-                }
-            }
+            let len = crate::archive::codec::read_full(data, &mut buf)
+                .map_err(|e| Error::reading("reading the archive", e))?;
             total += len as u64;
-            // A full chunk may have been the last: the next, empty one says so.
-            let last = len < CHUNK;
             let chunk = Chunk {
                 create: create.take(),
                 buf,
                 len,
-                last,
             };
             let sent = self.queue.as_ref().map(|q| q.send(chunk));
             if !matches!(sent, Some(Ok(()))) {
@@ -84,7 +74,7 @@ impl TreeWriter {
                     Error::environment("the file writer thread stopped early")
                 }));
             }
-            if last {
+            if len < CHUNK {
                 return Ok(total);
             }
         }
@@ -148,7 +138,7 @@ fn write_files(chunks: Receiver<Chunk>, give_back: Sender<Vec<u8>>) -> Result<()
         };
         file.write_all(&chunk.buf[..chunk.len])
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-        if chunk.last {
+        if chunk.len < CHUNK {
             open = None;
         }
         let _ = give_back.send(chunk.buf);

@@ -195,21 +195,12 @@ pub enum PumpError {
 /// moved. The one copy loop of the crate: callers decide what a read or a write error means.
 pub fn pump(
     from: &mut dyn Read,
-    each: impl FnMut(&[u8]) -> io::Result<()>,
-) -> Result<u64, PumpError> {
-    pump_through(from, &mut vec![0u8; IO_BUFFER], each)
-}
-
-/// [`pump`] through the caller's buffer: for callers that pump many small sources, where a
-/// fresh zeroed megabyte each time would cost more than the copying.
-pub fn pump_through(
-    from: &mut dyn Read,
-    buf: &mut [u8],
     mut each: impl FnMut(&[u8]) -> io::Result<()>,
 ) -> Result<u64, PumpError> {
+    let mut buf = vec![0u8; IO_BUFFER];
     let mut total = 0;
     loop {
-        let n = match from.read(buf) {
+        let n = match from.read(&mut buf) {
             Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
