@@ -21,6 +21,9 @@ pub enum ErrorKind {
     /// The operation is refused because the target is in use (exit 6; the cloud's
     /// `ERROR_NOT_ALLOWED`).
     NotAllowed,
+    /// The caller asked the operation to stop (exit 130, as for an interrupt); what it had
+    /// begun was undone.
+    Cancelled,
 }
 
 impl ErrorKind {
@@ -32,6 +35,7 @@ impl ErrorKind {
             ErrorKind::Corrupt => 4,
             ErrorKind::Environment => 5,
             ErrorKind::NotAllowed => 6,
+            ErrorKind::Cancelled => 130,
         }
     }
 }
@@ -86,30 +90,50 @@ impl Error {
         Error::new(ErrorKind::NotAllowed, message)
     }
 
+    pub fn cancelled() -> Error {
+        Error::new(
+            ErrorKind::Cancelled,
+            "cancelled; everything the operation had begun was undone",
+        )
+    }
+
     /// An I/O failure on our side (reading the file store, writing the output): an
-    /// environment problem, not a damaged archive.
+    /// environment problem, not a damaged archive. The `io::Error` stays as the source, so a
+    /// caller can still tell a closed pipe or a full disk.
     pub fn io(context: impl Into<String>, err: io::Error) -> Error {
-        let hint = match err.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
-                Some("free some space on that filesystem, or write somewhere else".to_string())
-            }
-            Some(libc::EACCES) | Some(libc::EPERM) => {
-                Some("check the permissions of that path".to_string())
-            }
-            _ => None,
+        if crate::progress::is_cancelled_io(&err) {
+            return Error::cancelled();
+        }
+        let hint = if crate::sys::is_disk_full(&err) {
+            Some("free some space on that filesystem, or write somewhere else".to_string())
+        } else if crate::sys::is_permission(&err) {
+            Some("check the permissions of that path".to_string())
+        } else {
+            None
         };
         Error {
             kind: ErrorKind::Environment,
             message: format!("{}: {}", context.into(), err),
             hint,
-            source: None,
+            source: Some(Box::new(err)),
         }
+    }
+
+    /// True when this error comes from writing to a pipe whose reader has gone.
+    pub fn is_broken_pipe(&self) -> bool {
+        self.source
+            .as_ref()
+            .and_then(|s| s.downcast_ref::<io::Error>())
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
     }
 
     /// An I/O error met while decoding an archive: a damaged or cut stream shows up as an
     /// `UnexpectedEof` or `InvalidData` from the decoder, so those count as corruption.
     pub fn reading(context: impl Into<String>, err: io::Error) -> Error {
         use io::ErrorKind as K;
+        if crate::progress::is_cancelled_io(&err) {
+            return Error::cancelled();
+        }
         match err.kind() {
             K::UnexpectedEof => Error::corrupt(format!(
                 "{}: the archive ends too early (truncated): {}",
@@ -166,5 +190,10 @@ mod tests {
         let full = Error::io("write", io::Error::from_raw_os_error(libc::ENOSPC));
         assert_eq!(full.kind(), ErrorKind::Environment);
         assert!(full.hint().unwrap().contains("space"));
+        let source = std::error::Error::source(&full).expect("the io error is kept");
+        assert!(source.downcast_ref::<io::Error>().is_some());
+        let pipe = Error::io("write", io::Error::from(io::ErrorKind::BrokenPipe));
+        assert!(pipe.is_broken_pipe());
+        assert!(!full.is_broken_pipe());
     }
 }

@@ -10,6 +10,30 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use crate::archive::codec::IO_BUFFER;
 use crate::error::{Error, Result};
 
+/// Writes `value` as pretty JSON to `path` durably and atomically: a temporary file beside it,
+/// fsync, rename, fsync of the directory. A reader sees the old file or the new one, never a
+/// part; a crash leaves at most the temporary file, which the next save replaces.
+pub fn write_json_atomically<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    let shown = path.display();
+    let data = serde_json::to_vec_pretty(value)
+        .map_err(|e| Error::environment(format!("encoding {shown}: {e}")))?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let write = || -> io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| Error::io(format!("writing {shown}"), e))
+}
+
 pub struct PendingFile {
     temp: tempfile::NamedTempFile,
     target: PathBuf,
@@ -19,13 +43,7 @@ pub struct PendingFile {
 impl PendingFile {
     /// Prepares to write `target`; refuses an existing file unless `overwrite`.
     pub fn create(target: &Path, overwrite: bool) -> Result<PendingFile> {
-        if target.exists() && !overwrite {
-            return Err(Error::usage(format!(
-                "{} already exists; refusing to overwrite it",
-                target.display()
-            ))
-            .with_hint("choose another name, remove the file, or pass --force"));
-        }
+        PendingFile::check_target(target, overwrite)?;
         let dir = match target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
@@ -45,6 +63,19 @@ impl PendingFile {
             target: target.to_path_buf(),
             overwrite,
         })
+    }
+
+    /// Refuses an existing `target` unless `overwrite` (what [`create`](Self::create) checks
+    /// first, for a plan that must not write anything).
+    pub fn check_target(target: &Path, overwrite: bool) -> Result<()> {
+        if target.exists() && !overwrite {
+            return Err(Error::usage(format!(
+                "{} already exists; refusing to overwrite it",
+                target.display()
+            ))
+            .with_hint("choose another name, remove the file, or pass --force"));
+        }
+        Ok(())
     }
 
     /// Where the bytes go until [`commit`](PendingFile::commit).
@@ -118,15 +149,7 @@ impl Write for WriteBehind {
         if self.written - self.handed >= WRITE_BEHIND_STEP {
             // Starts the writeback and returns; a failure here is only a missed hint, and the
             // final sync reports any real write error.
-            // SAFETY: sync_file_range on a descriptor we own, over bytes already written.
-            unsafe {
-                libc::sync_file_range(
-                    std::os::fd::AsRawFd::as_raw_fd(&self.file),
-                    self.handed as libc::off64_t,
-                    (self.written - self.handed) as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                );
-            }
+            crate::sys::start_writeback(&self.file, self.handed, self.written - self.handed);
             self.handed = self.written;
         }
         Ok(n)

@@ -9,11 +9,11 @@ use serde::Serialize;
 use crate::archive::dump_header;
 use crate::archive::{Compression, Variant, cloud_file_name};
 use crate::create::{self, CreateOptions, Output};
-use crate::env::{self, Target};
 use crate::error::{Error, ErrorKind, Result};
-use crate::files::FileCounts;
 use crate::pg::{ConnSpec, PgTools};
-use crate::progress::Progress;
+use crate::progress::{Cancel, Progress};
+use crate::store::FileCounts;
+use crate::target::{self, Target};
 
 /// The cloud grows slow beyond this many files.
 pub const CLOUD_FILE_WARNING: u64 = 50_000;
@@ -43,7 +43,39 @@ pub struct PrepareReport {
     pub warnings: Vec<String>,
 }
 
-pub fn prepare(opts: &PrepareOptions, progress: &dyn Progress) -> Result<PrepareReport> {
+/// The checks passed and the two files named; nothing written yet.
+pub struct Plan {
+    create: create::Plan,
+    output_dir: PathBuf,
+    full: PathBuf,
+    database_file: PathBuf,
+    checks: Vec<String>,
+    warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanView {
+    pub full_snapshot: PathBuf,
+    pub database_file: PathBuf,
+    pub checks: Vec<String>,
+    pub warnings: Vec<String>,
+    pub create: create::PlanView,
+}
+
+impl Plan {
+    pub fn view(&self) -> PlanView {
+        PlanView {
+            full_snapshot: self.full.clone(),
+            database_file: self.database_file.clone(),
+            checks: self.checks.clone(),
+            warnings: self.warnings.clone(),
+            create: self.create.view(),
+        }
+    }
+}
+
+/// Checks the client, that the app is stopped, and names the files; changes nothing.
+pub fn plan(opts: PrepareOptions) -> Result<Plan> {
     let spec = ConnSpec::resolve(opts.database.as_deref())?;
     let mut checks = Vec::new();
     let mut warnings = Vec::new();
@@ -67,7 +99,7 @@ pub fn prepare(opts: &PrepareOptions, progress: &dyn Progress) -> Result<Prepare
     ));
 
     // A running app gives a database and files from different moments.
-    let admin = env::admin_session(&spec)?;
+    let admin = target::admin_session(&spec)?;
     let target = Target {
         database: spec.clone(),
         files: opts.files.clone(),
@@ -91,8 +123,6 @@ pub fn prepare(opts: &PrepareOptions, progress: &dyn Progress) -> Result<Prepare
     }
     drop(admin);
 
-    std::fs::create_dir_all(&opts.output_dir)
-        .map_err(|e| Error::io(format!("creating {}", opts.output_dir.display()), e))?;
     let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let stamp = chrono::Utc::now().format("%Y%m%d%H%M").to_string();
     let full = opts.output_dir.join(cloud_file_name(
@@ -107,24 +137,38 @@ pub fn prepare(opts: &PrepareOptions, progress: &dyn Progress) -> Result<Prepare
         &tag,
         &stamp,
     ));
-    let created = create::create(
-        &CreateOptions {
-            database: opts.database.clone(),
-            files: Some(opts.files.clone()),
-            output: Output::Path(full.clone()),
-            variant: Variant::Full,
-            compression: Compression::Gzip,
-            level: None,
-            model_version: opts.model_version.clone(),
-            comment: None,
-            all_files: false,
-            strict_layout: true,
-            pg_bin: opts.pg_bin.clone(),
-            force: false,
-            keep_dump_as: Some(database_file.clone()),
-        },
-        progress,
-    )?;
+    let create = create::plan(CreateOptions {
+        database: opts.database.clone(),
+        files: Some(opts.files.clone()),
+        model_version: opts.model_version.clone(),
+        strict_layout: true,
+        pg_bin: opts.pg_bin.clone(),
+        keep_dump_as: Some(database_file.clone()),
+        ..CreateOptions::new(Variant::Full, Output::Path(full.clone()))
+    })?;
+    Ok(Plan {
+        create,
+        output_dir: opts.output_dir,
+        full,
+        database_file,
+        checks,
+        warnings,
+    })
+}
+
+/// Makes both files from one dump and checks what was written.
+pub fn execute(plan: Plan, progress: &dyn Progress, cancel: &Cancel) -> Result<PrepareReport> {
+    let Plan {
+        create,
+        output_dir,
+        full,
+        database_file,
+        mut checks,
+        mut warnings,
+    } = plan;
+    std::fs::create_dir_all(&output_dir)
+        .map_err(|e| Error::io(format!("creating {}", output_dir.display()), e))?;
+    let created = create::execute(create, progress, cancel)?;
     warnings.extend(created.warnings.iter().cloned());
 
     // The authoritative check: the header of what was written.

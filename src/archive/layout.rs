@@ -203,6 +203,19 @@ pub fn legacy_rel_path(n: u64) -> String {
     format!("{}/{}", legacy_dir(n), n)
 }
 
+/// The UUID's bytes when `rel` is `aa/bb/<uuid>` spelled exactly as [`uuid_rel_path`] would
+/// spell it back (lower case), so that nothing is lost.
+pub fn compact_uuid_path(rel: &str) -> Option<[u8; 16]> {
+    let uuid = rel.get(6..)?;
+    if !is_uuid(uuid) || uuid.bytes().any(|c| c.is_ascii_uppercase()) {
+        return None;
+    }
+    if uuid_rel_path(uuid) != rel {
+        return None;
+    }
+    uuid::Uuid::parse_str(uuid).ok().map(|u| *u.as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

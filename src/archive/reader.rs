@@ -80,7 +80,7 @@ impl SeenMembers {
         }
         let compact = path
             .strip_prefix(super::layout::TREE_PREFIX)
-            .and_then(crate::files::compact_uuid_path);
+            .and_then(super::layout::compact_uuid_path);
         match compact {
             Some(bytes) => self.uuid_paths.insert(bytes),
             None => self.other_paths.insert(path.to_string()),

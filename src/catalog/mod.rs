@@ -6,26 +6,19 @@
 //! `flock`ed while records change. Archive creation itself runs outside the lock, so snapshots
 //! of different environments can be made at once.
 
+mod download;
+pub mod ops;
 pub mod retention;
 
 use std::fs::{self, File};
-use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
-use crate::archive::codec::{PumpError, pump};
-use crate::archive::layout::Member;
-use crate::archive::reader::{Visitor, walk_tar};
-use crate::archive::writer::{MemberInfo, TarOptions, TarWriter, now_secs};
-use crate::archive::{Compression, Variant, cloud_file_name, detect};
-use crate::create::{self, CreateOptions, Output};
 use crate::error::{Error, Result};
-use crate::output::PendingFile;
-use crate::progress::Progress;
+use crate::output::write_json_atomically;
 pub use retention::{Decision, Kind, Rule, State};
 
 const MARKER: &str = "mxsnap-repo.json";
@@ -73,7 +66,53 @@ pub struct ApiV1 {
     pub model_version: String,
 }
 
+/// `show --json`: the Backups API v1 fields, then everything else the record knows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Details {
+    #[serde(flatten)]
+    pub api: ApiV1,
+    #[serde(rename = "Environment")]
+    pub environment: String,
+    #[serde(rename = "CreatedBy")]
+    pub created_by: String,
+    #[serde(rename = "Kind")]
+    pub kind: Kind,
+    #[serde(rename = "StatusMessage")]
+    pub status_message: Option<String>,
+    #[serde(rename = "FinishedOn")]
+    pub finished_on: Option<i64>,
+    #[serde(rename = "Size")]
+    pub size: Option<u64>,
+    #[serde(rename = "DumpSize")]
+    pub dump_size: Option<u64>,
+    #[serde(rename = "FilesSize")]
+    pub files_size: Option<u64>,
+    #[serde(rename = "DatabaseSize")]
+    pub database_size: Option<u64>,
+    #[serde(rename = "FileCount")]
+    pub file_count: Option<u64>,
+    #[serde(rename = "ArchiveSHA256")]
+    pub archive_sha256: Option<String>,
+}
+
 impl Record {
+    pub fn details(&self) -> Details {
+        Details {
+            api: self.api_v1(),
+            environment: self.environment.clone(),
+            created_by: self.created_by.clone(),
+            kind: self.kind,
+            status_message: self.status_message.clone(),
+            finished_on: self.finished_on.map(|t| t.timestamp_millis()),
+            size: self.archive_bytes,
+            dump_size: self.dump_bytes,
+            files_size: self.files_bytes,
+            database_size: self.database_bytes,
+            file_count: self.file_count,
+            archive_sha256: self.archive_sha256.clone(),
+        }
+    }
+
     pub fn api_v1(&self) -> ApiV1 {
         ApiV1 {
             snapshot_id: self.id.clone(),
@@ -125,6 +164,11 @@ struct RepoLock {
 }
 
 impl Repo {
+    /// Whether `root` holds a catalogue.
+    pub fn exists(root: &Path) -> bool {
+        root.join(MARKER).is_file()
+    }
+
     /// Opens the catalogue at `root`, making it when `create` and it does not exist yet.
     pub fn open(root: &Path, create: bool) -> Result<Repo> {
         let marker = root.join(MARKER);
@@ -151,13 +195,9 @@ impl Repo {
         let path = self.root.join(".lock");
         let file =
             File::create(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-        // SAFETY: flock on a descriptor we own; blocking, as every holder is brief.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(Error::io(
-                format!("locking {}", path.display()),
-                std::io::Error::last_os_error(),
-            ));
-        }
+        // Blocking, as every holder is brief.
+        crate::sys::lock_exclusive(&file, true)
+            .map_err(|e| Error::io(format!("locking {}", path.display()), e))?;
         Ok(RepoLock { _file: file })
     }
 
@@ -172,16 +212,23 @@ impl Repo {
     }
 
     fn save(&self, rec: &Record) -> Result<()> {
-        let path = self.record_path(&rec.id);
-        let tmp = path.with_extension("json.tmp");
-        let data = serde_json::to_vec_pretty(rec).expect("records serialize");
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&data)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)
-        };
-        write().map_err(|e| Error::io(format!("writing {}", path.display()), e))
+        write_json_atomically(&self.record_path(&rec.id), rec)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The archive of a snapshot that can be restored or downloaded: a Completed one.
+    pub fn completed_archive(&self, rec: &Record, what: &str) -> Result<PathBuf> {
+        if rec.state != State::Completed {
+            return Err(Error::usage(format!(
+                "snapshot {} is {:?}, not Completed: {what}",
+                rec.id, rec.state
+            )));
+        }
+        self.archive_path(rec)
+            .ok_or_else(|| Error::environment(format!("the record of {} names no archive", rec.id)))
     }
 
     /// Every record, oldest first. A Running record whose process is gone is reported as
@@ -204,7 +251,7 @@ impl Repo {
                 Error::environment(format!("{} is not a snapshot record: {e}", path.display()))
             })?;
             if rec.state == State::Running
-                && !rec.pid.is_some_and(|p| crate::env::process_alive(p as i32))
+                && !rec.pid.is_some_and(|p| crate::sys::process_alive(p as i32))
             {
                 rec.state = State::Failed;
                 rec.status_message = Some(
@@ -254,12 +301,12 @@ impl Repo {
     /// One record, by its id or a unique prefix of at least 8 characters.
     pub fn get(&self, id: &str, tz: Tz) -> Result<Record> {
         let all = self.list(None, tz)?;
-        let found: Vec<Record> = all
+        let mut found: Vec<Record> = all
             .into_iter()
             .filter(|r| r.id == id || (id.len() >= 8 && r.id.starts_with(id)))
             .collect();
         match found.len() {
-            1 => Ok(found.into_iter().next().expect("one")),
+            1 => Ok(found.swap_remove(0)),
             0 => Err(
                 Error::usage(format!("no snapshot {id} in {}", self.root.display()))
                     .with_hint("list them with `mxsnap snapshots list`"),
@@ -270,7 +317,7 @@ impl Repo {
         }
     }
 
-    pub fn set_comment(&self, id: &str, comment: &str) -> Result<Record> {
+    pub(crate) fn set_comment(&self, id: &str, comment: &str) -> Result<Record> {
         let _lock = self.lock()?;
         let mut rec = self.get(id, Tz::UTC)?;
         rec.comment = Some(comment.to_string());
@@ -291,7 +338,7 @@ impl Repo {
         fs::remove_file(&path).map_err(|e| Error::io(format!("removing {}", path.display()), e))
     }
 
-    pub fn delete(&self, id: &str) -> Result<Record> {
+    pub(crate) fn delete(&self, id: &str) -> Result<Record> {
         let _lock = self.lock()?;
         let rec = self.get(id, Tz::UTC)?;
         if rec.state == State::Running {
@@ -305,9 +352,9 @@ impl Repo {
         Ok(rec)
     }
 
-    /// Applies the retention schedule at `now`: every snapshot (of `environment`) with its
-    /// decision; unless `dry_run`, the expired ones are deleted.
-    pub fn prune(
+    /// The retention schedule at `now`: every snapshot (of `environment`) with its decision;
+    /// unless `dry_run`, the expired ones are deleted (and crashed ones' records repaired).
+    pub(crate) fn prune(
         &self,
         environment: Option<&str>,
         now: DateTime<Utc>,
@@ -341,267 +388,4 @@ impl Repo {
 
 fn current_user() -> String {
     crate::pg::conn::current_os_user().unwrap_or_else(|| "unknown".into())
-}
-
-/// What `snapshots create` is asked to do.
-#[derive(Debug, Clone)]
-pub struct SnapshotRequest {
-    pub environment: String,
-    pub database: Option<String>,
-    pub files: PathBuf,
-    pub comment: Option<String>,
-    pub nightly: bool,
-    pub model_version: Option<String>,
-    pub pg_bin: Option<PathBuf>,
-}
-
-/// Makes a full snapshot into the catalogue: Running first, then Completed with sizes and
-/// checksum, or Failed with the reason (and the partial archive removed).
-pub fn create_snapshot(
-    repo: &Repo,
-    req: &SnapshotRequest,
-    tz: Tz,
-    progress: &dyn Progress,
-) -> Result<Record> {
-    check_environment(&req.environment)?;
-    let id = uuid::Uuid::new_v4().to_string();
-    let archive = format!("{id}.tar.gz");
-    let mut rec = Record {
-        id: id.clone(),
-        environment: req.environment.clone(),
-        created_by: if req.nightly {
-            "Nightly".into()
-        } else {
-            current_user()
-        },
-        kind: if req.nightly {
-            Kind::Nightly
-        } else {
-            Kind::Manual
-        },
-        state: State::Running,
-        status_message: Some("creating the snapshot".into()),
-        created_on: Utc::now(),
-        finished_on: None,
-        expires_on: None,
-        model_version: req.model_version.clone(),
-        comment: req.comment.clone(),
-        archive: None,
-        archive_bytes: None,
-        archive_sha256: None,
-        dump_bytes: None,
-        files_bytes: None,
-        database_bytes: None,
-        file_count: None,
-        pid: Some(std::process::id()),
-    };
-    {
-        let _lock = repo.lock()?;
-        repo.save(&rec)?;
-    }
-    let result = create::create(
-        &CreateOptions {
-            database: req.database.clone(),
-            files: Some(req.files.clone()),
-            output: Output::Path(repo.root.join("archives").join(&archive)),
-            variant: Variant::Full,
-            compression: Compression::Gzip,
-            level: None,
-            model_version: req.model_version.clone(),
-            comment: req.comment.clone(),
-            all_files: false,
-            strict_layout: false,
-            pg_bin: req.pg_bin.clone(),
-            force: false,
-            keep_dump_as: None,
-        },
-        progress,
-    );
-    let _lock = repo.lock()?;
-    rec.finished_on = Some(Utc::now());
-    rec.pid = None;
-    match result {
-        Ok(report) => {
-            rec.state = State::Completed;
-            rec.status_message = None;
-            rec.archive = Some(archive);
-            rec.archive_bytes = Some(report.output_bytes);
-            rec.archive_sha256 = Some(report.output_sha256);
-            rec.dump_bytes = report.dump_size;
-            rec.files_bytes = report.files_size;
-            rec.database_bytes = report.database_size;
-            rec.file_count = report.files.map(|c| c.included);
-            let all = repo.load_all(false)?;
-            let mut snaps: Vec<_> = all
-                .iter()
-                .filter(|r| r.environment == rec.environment && r.id != rec.id)
-                .map(Record::snap)
-                .collect();
-            snaps.push(rec.snap());
-            let decision = retention::evaluate(&snaps, Utc::now(), tz)
-                .pop()
-                .expect("ours is last");
-            rec.expires_on = decision.expires;
-            repo.save(&rec)?;
-            Ok(rec)
-        }
-        Err(e) => {
-            rec.state = State::Failed;
-            rec.status_message = Some(format!("{e}"));
-            repo.save(&rec)?;
-            Err(e)
-        }
-    }
-}
-
-/// Streams a stored full snapshot out as the cloud's download of `variant`: the archive itself,
-/// its dump as a bare `.backup`, or its tree as a files-only archive. No new dump is made.
-pub fn download(
-    repo: &Repo,
-    rec: &Record,
-    variant: Variant,
-    output: &Output,
-    force: bool,
-    progress: &dyn Progress,
-) -> Result<Option<PathBuf>> {
-    if rec.state != State::Completed {
-        return Err(Error::usage(format!(
-            "snapshot {} is {:?}, not Completed: there is nothing to download",
-            rec.id, rec.state
-        )));
-    }
-    let source = repo
-        .archive_path(rec)
-        .ok_or_else(|| Error::environment("the record names no archive"))?;
-    let tag = &rec.id.replace('-', "")[..8];
-    let stamp = rec.created_on.format("%Y%m%d%H%M").to_string();
-    let pending = match output {
-        Output::Stdout => None,
-        Output::Path(p) if p.is_dir() => Some(PendingFile::create(
-            &p.join(cloud_file_name(variant, Compression::Gzip, tag, &stamp)),
-            force,
-        )?),
-        Output::Path(p) => Some(PendingFile::create(p, force)?),
-    };
-    let mut sink: Box<dyn Write> = match &pending {
-        Some(p) => Box::new(p.writer()?),
-        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
-    };
-    let input =
-        File::open(&source).map_err(|e| Error::io(format!("opening {}", source.display()), e))?;
-    match variant {
-        Variant::Full => {
-            use sha2::{Digest, Sha256};
-            let mut hasher = Sha256::new();
-            let mut input = input;
-            pump(&mut input, |chunk| {
-                hasher.update(chunk);
-                progress.advance(chunk.len() as u64);
-                sink.write_all(chunk)
-            })
-            .map_err(|e| match e {
-                PumpError::Read(e) => Error::io(format!("reading {}", source.display()), e),
-                PumpError::Write(e) => Error::io("writing the download", e),
-            })?;
-            let sha = crate::archive::writer::hex(&hasher.finalize());
-            if rec.archive_sha256.as_deref() != Some(sha.as_str()) {
-                return Err(Error::corrupt(format!(
-                    "the stored archive {} no longer matches its recorded SHA-256",
-                    source.display()
-                ))
-                .with_hint("the catalogue's copy is damaged; use another copy"));
-            }
-        }
-        Variant::Database | Variant::Files => {
-            let opened = detect::open(Box::new(input))?;
-            let mut content = opened.content;
-            let mut visitor = Extractor {
-                variant,
-                tar: None,
-                sink: Some(&mut sink),
-                found_dump: false,
-                progress,
-            };
-            if variant == Variant::Files {
-                let options = TarOptions {
-                    compression: Compression::Gzip,
-                    level: Compression::Gzip.default_level(),
-                    variant: Variant::Files,
-                    manifest: true,
-                    comment: rec.comment.clone(),
-                };
-                let sink = visitor.sink.take().expect("set above");
-                visitor.tar = Some(
-                    TarWriter::new(sink, &options, progress)
-                        .map_err(|e| Error::io("writing the download", e))?,
-                );
-            }
-            walk_tar(&mut content, &mut visitor)?;
-            if variant == Variant::Database && !visitor.found_dump {
-                return Err(Error::corrupt("the stored snapshot holds no database dump"));
-            }
-            if let Some(tar) = visitor.tar.take() {
-                let (w, _) = tar
-                    .finish()
-                    .map_err(|e| Error::io("writing the download", e))?;
-                w.flush()
-                    .map_err(|e| Error::io("writing the download", e))?;
-            }
-        }
-    }
-    sink.flush()
-        .map_err(|e| Error::io("writing the download", e))?;
-    drop(sink);
-    match pending {
-        Some(p) => Ok(Some(p.commit()?)),
-        None => Ok(None),
-    }
-}
-
-struct Extractor<'a, 'p> {
-    variant: Variant,
-    tar: Option<TarWriter<'p, &'a mut Box<dyn Write>>>,
-    sink: Option<&'a mut Box<dyn Write>>,
-    found_dump: bool,
-    progress: &'p dyn Progress,
-}
-
-impl Visitor for Extractor<'_, '_> {
-    fn content(&mut self, member: &Member, size: u64, data: &mut dyn std::io::Read) -> Result<()> {
-        match (self.variant, member) {
-            (Variant::Database, Member::Dump) => {
-                self.found_dump = true;
-                let sink = self.sink.as_mut().expect("database downloads write raw");
-                let progress = self.progress;
-                pump(data, |chunk| {
-                    progress.advance(chunk.len() as u64);
-                    sink.write_all(chunk)
-                })
-                .map_err(|e| match e {
-                    PumpError::Read(e) => Error::reading("reading the stored dump", e),
-                    PumpError::Write(e) => Error::io("writing the download", e),
-                })?;
-                Ok(())
-            }
-            (Variant::Files, Member::TreeFile(_)) => {
-                let path = member.path();
-                let info = MemberInfo {
-                    path: &path,
-                    size,
-                    mode: 0o644,
-                    mtime: now_secs(),
-                };
-                self.tar
-                    .as_mut()
-                    .expect("files downloads write a tar")
-                    .append(&info, data)
-                    .map_err(|e| Error::io("writing the download", e))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    fn finished(&mut self, _member: &Member, _size: u64, _sha256: &str) -> Result<()> {
-        Ok(())
-    }
 }

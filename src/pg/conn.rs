@@ -188,17 +188,7 @@ impl ConnSpec {
 
 /// The name of the user we run as ($USER, else the password database).
 pub(crate) fn current_os_user() -> Option<String> {
-    env("USER").or_else(|| {
-        // SAFETY: getpwuid returns a pointer into static storage or null; we copy out at once.
-        unsafe {
-            let pw = libc::getpwuid(libc::geteuid());
-            if pw.is_null() {
-                return None;
-            }
-            let name = std::ffi::CStr::from_ptr((*pw).pw_name);
-            Some(name.to_string_lossy().into_owned())
-        }
-    })
+    env("USER").or_else(crate::sys::os_user_name)
 }
 
 /// Looks the password up in PGPASSFILE or ~/.pgpass the way libpq does: the first line whose

@@ -22,6 +22,11 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// Quotes an SQL string literal (standard_conforming_strings, on since PostgreSQL 9.1).
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
 pub struct Session {
     runtime: Runtime,
     client: Client,
@@ -177,6 +182,53 @@ impl Session {
                 format!("pid {pid} (user {user}, application {app:?}, from {from}, {state})")
             })
             .collect())
+    }
+
+    /// Creates an empty database `name` from template0, with the encoding and locale given
+    /// (those of the database it will replace), and a comment saying what it is.
+    pub fn create_database(
+        &self,
+        name: &str,
+        like: Option<&(String, String, String)>,
+        comment: &str,
+    ) -> Result<()> {
+        let quoted = quote_ident(name);
+        let mut sql = format!("CREATE DATABASE {quoted} TEMPLATE template0");
+        if let Some((encoding, collate, ctype)) = like {
+            sql.push_str(&format!(
+                " ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+                quote_literal(encoding),
+                quote_literal(collate),
+                quote_literal(ctype)
+            ));
+        }
+        self.execute(&sql)?;
+        self.execute(&format!(
+            "COMMENT ON DATABASE {quoted} IS {}",
+            quote_literal(comment)
+        ))
+    }
+
+    /// Drops database `name` if it exists, ending its sessions.
+    pub fn drop_database(&self, name: &str) -> Result<()> {
+        self.execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(name)
+        ))
+    }
+
+    /// Renames databases, each `(from, to)` in turn, in one transaction: all or none.
+    pub fn rename_databases(&self, renames: &[(&str, &str)]) -> Result<()> {
+        let mut sql = String::from("BEGIN;");
+        for (from, to) in renames {
+            sql.push_str(&format!(
+                "ALTER DATABASE {} RENAME TO {};",
+                quote_ident(from),
+                quote_ident(to)
+            ));
+        }
+        sql.push_str("COMMIT;");
+        self.execute(&sql)
     }
 
     /// The rows of `system$filedocument`, or `None` when the database has no such table.

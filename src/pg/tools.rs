@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 
 use super::ConnSpec;
 use crate::error::{Error, Result};
+use crate::progress::Cancel;
 
 pub struct PgTools {
     pub pg_dump: PathBuf,
@@ -37,10 +38,11 @@ fn capture_stderr(child: &mut Child) -> JoinHandle<String> {
 }
 
 /// Runs `cmd` with no input or output and its stderr captured; `spawned` runs while the child
-/// does. Returns the exit status and the (end of the) stderr text.
+/// does. Returns the exit status and the (end of the) stderr text. A cancel kills the child.
 fn run_captured(
     cmd: &mut Command,
     program: &Path,
+    cancel: &Cancel,
     spawned: impl FnOnce(),
 ) -> Result<(std::process::ExitStatus, String)> {
     cmd.stdin(Stdio::null())
@@ -51,9 +53,19 @@ fn run_captured(
         .map_err(|e| Error::io(format!("starting {}", program.display()), e))?;
     spawned();
     let stderr = capture_stderr(&mut child);
-    let status = child
-        .wait()
-        .map_err(|e| Error::io(format!("waiting for {}", program.display()), e))?;
+    let waiting = |e| Error::io(format!("waiting for {}", program.display()), e);
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(waiting)? {
+            break status;
+        }
+        if cancel.is_cancelled() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = stderr.join();
+            return Err(Error::cancelled());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     Ok((status, stderr.join().unwrap_or_default()))
 }
 
@@ -166,6 +178,7 @@ impl PgTools {
         snapshot: Option<&str>,
         level: Option<u32>,
         path: &Path,
+        cancel: &Cancel,
     ) -> Result<()> {
         let mut cmd = Command::new(&self.pg_dump);
         cmd.args(["--format=custom", "--no-owner", "--no-privileges"]);
@@ -178,7 +191,7 @@ impl PgTools {
         cmd.arg("--file").arg(path);
         // The connection travels in the environment only: nothing secret in argv.
         cmd.envs(spec.child_env());
-        let (status, text) = run_captured(&mut cmd, &self.pg_dump, || {})?;
+        let (status, text) = run_captured(&mut cmd, &self.pg_dump, cancel, || {})?;
         if !status.success() {
             let e = Error::environment(format!(
                 "pg_dump of {} failed ({status}): {text}",
@@ -196,7 +209,13 @@ impl PgTools {
     /// Restores the dump at `path` into the (empty) database `spec` names: no owners, no
     /// privileges (objects belong to the restoring role), stopping at the first error, with
     /// `jobs` parallel workers.
-    pub fn restore_into(&self, spec: &ConnSpec, path: &Path, jobs: usize) -> Result<()> {
+    pub fn restore_into(
+        &self,
+        spec: &ConnSpec,
+        path: &Path,
+        jobs: usize,
+        cancel: &Cancel,
+    ) -> Result<()> {
         let mut cmd = Command::new(&self.pg_restore);
         cmd.args(["--no-owner", "--no-privileges", "--exit-on-error"]);
         if jobs > 1 {
@@ -205,8 +224,8 @@ impl PgTools {
         cmd.arg("--dbname").arg(spec.dbname());
         cmd.arg(path);
         cmd.envs(spec.child_env());
-        let (status, text) = run_captured(&mut cmd, &self.pg_restore, || {
-            crate::env::crash_point("pg_restore")
+        let (status, text) = run_captured(&mut cmd, &self.pg_restore, cancel, || {
+            crate::sys::crash_point("pg_restore")
         })?;
         if status.success() {
             return Ok(());

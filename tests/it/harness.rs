@@ -33,7 +33,7 @@ fn is_root() -> bool {
 
 /// The directory holding initdb/pg_ctl/psql: the same lookup mxsnap's local environments use.
 pub fn pg_bin() -> PathBuf {
-    mxsnap::local::server_bin()
+    mxsnap::target::local::server_bin()
         .expect("PostgreSQL server binaries not found: install postgresql (see .ci/run)")
 }
 

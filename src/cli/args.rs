@@ -94,6 +94,9 @@ pub enum SnapshotsAction {
         pg_bin: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// List snapshots (--json: the Backups API v1 fields).
     List {
@@ -118,12 +121,18 @@ pub enum SnapshotsAction {
         repo: RepoArgs,
         id: String,
         text: String,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Delete a snapshot and its archive.
     Delete {
         #[command(flatten)]
         repo: RepoArgs,
         id: String,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Write a stored snapshot out as the cloud's full, database-only or files-only download.
     Download {
@@ -136,6 +145,11 @@ pub enum SnapshotsAction {
         output: PathBuf,
         #[arg(long)]
         force: bool,
+        #[arg(long)]
+        json: bool,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Restore a stored snapshot into any environment ("restore into").
     Restore {
@@ -221,6 +235,9 @@ pub struct EnvArgs {
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Print what would be done and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -252,6 +269,9 @@ pub struct PrepareArgs {
     /// Print one JSON report on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Print the plan (checks passed, files to be written) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -304,6 +324,9 @@ pub struct CreateArgs {
     /// Print one JSON summary object on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Print the plan (connection checked, output named) and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

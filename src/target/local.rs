@@ -16,9 +16,10 @@ use std::process::{Command, Output, Stdio};
 
 use serde::{Deserialize, Serialize};
 
-use crate::env::Target;
+use super::Target;
 use crate::error::{Error, Result};
 use crate::pg::ConnSpec;
+use crate::progress::{Cancel, Progress};
 
 const SERVER_USER: &str = "postgres";
 
@@ -65,8 +66,7 @@ pub struct LocalEnv {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    crate::sys::is_root()
 }
 
 /// The directory of the newest PostgreSQL server binaries: next to a real `initdb` on PATH, or
@@ -75,9 +75,8 @@ pub fn server_bin() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
             if let Ok(initdb) = fs::canonicalize(dir.join("initdb")) {
-                let real = initdb.parent().expect("a file has a parent").to_path_buf();
-                if real.join("pg_ctl").is_file() {
-                    return Ok(real);
+                if let Some(real) = initdb.parent().filter(|d| d.join("pg_ctl").is_file()) {
+                    return Ok(real.to_path_buf());
                 }
             }
         }
@@ -203,22 +202,31 @@ impl LocalEnv {
         Ok(LocalEnv { dir, settings })
     }
 
-    /// Opens the environment in `dir`, making it first when there is none. Returns whether it
-    /// was made now.
-    pub fn open_or_create(dir: &Path) -> Result<(LocalEnv, bool)> {
+    /// The environment in `dir` when there is one; `None` when one can be made there (`dir`
+    /// missing or empty); an error when `dir` holds something else. Changes nothing.
+    pub fn find(dir: &Path) -> Result<Option<LocalEnv>> {
         if Self::settings_path(dir).is_file() {
-            return Ok((Self::open(dir)?, false));
+            return Self::open(dir).map(Some);
         }
-        fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let dir = fs::canonicalize(dir)
-            .map_err(|e| Error::io(format!("resolving {}", dir.display()), e))?;
-        if fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some()) {
+        if fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
             return Err(Error::usage(format!(
                 "{} is not empty and is not an mxsnap local environment",
                 dir.display()
             ))
             .with_hint("choose a new or empty directory"));
         }
+        Ok(None)
+    }
+
+    /// Opens the environment in `dir`, making it first when there is none. Returns whether it
+    /// was made now.
+    pub fn open_or_create(dir: &Path) -> Result<(LocalEnv, bool)> {
+        if let Some(env) = Self::find(dir)? {
+            return Ok((env, false));
+        }
+        fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let dir = fs::canonicalize(dir)
+            .map_err(|e| Error::io(format!("resolving {}", dir.display()), e))?;
         let run_as = is_root().then(|| SERVER_USER.to_string());
         let files = dir.join("data").join("files");
         fs::create_dir_all(&files)
@@ -301,9 +309,7 @@ impl LocalEnv {
     fn save(&self) -> Result<()> {
         let mut public = self.settings.clone();
         public.password = None;
-        let data = serde_json::to_vec_pretty(&public).expect("settings serialize");
-        fs::write(Self::settings_path(&self.dir), data)
-            .map_err(|e| Error::io("writing env.json", e))
+        crate::output::write_json_atomically(&Self::settings_path(&self.dir), &public)
     }
 
     fn log_path(&self) -> PathBuf {
@@ -389,4 +395,85 @@ impl LocalEnv {
             pid_file: None,
         })
     }
+}
+
+/// What `env start`, `env stop` or `env status` is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnvAction {
+    Status,
+    Start,
+    Stop,
+}
+
+/// An environment opened, and what the action will change.
+pub struct EnvPlan {
+    env: LocalEnv,
+    action: EnvAction,
+    running: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EnvPlanView {
+    pub dir: PathBuf,
+    pub action: EnvAction,
+    pub running: bool,
+    pub steps: Vec<String>,
+}
+
+impl EnvPlan {
+    pub fn view(&self) -> EnvPlanView {
+        let dir = &self.env.dir;
+        let step = match (self.action, self.running) {
+            (EnvAction::Start, false) => format!(
+                "start PostgreSQL of {} on {}:{}",
+                dir.display(),
+                self.env.settings.host,
+                self.env.settings.port
+            ),
+            (EnvAction::Stop, true) => {
+                format!("stop PostgreSQL of {} (fast shutdown)", dir.display())
+            }
+            (EnvAction::Status, _) => "nothing: report the status".to_string(),
+            (_, running) => format!(
+                "nothing: PostgreSQL is already {}",
+                if running { "running" } else { "stopped" }
+            ),
+        };
+        EnvPlanView {
+            dir: dir.clone(),
+            action: self.action,
+            running: self.running,
+            steps: vec![step],
+        }
+    }
+}
+
+/// Opens the local environment in `dir` for `action`; changes nothing.
+pub fn plan(dir: &Path, action: EnvAction) -> Result<EnvPlan> {
+    let env = LocalEnv::open(dir)?;
+    let running = env.running();
+    Ok(EnvPlan {
+        env,
+        action,
+        running,
+    })
+}
+
+/// Starts or stops the environment (or neither, for status), and says how it stands.
+pub fn execute(plan: EnvPlan, progress: &dyn Progress, cancel: &Cancel) -> Result<Status> {
+    cancel.check()?;
+    let mut env = plan.env;
+    match plan.action {
+        EnvAction::Start => {
+            progress.stage("starting PostgreSQL", None);
+            env.start()?
+        }
+        EnvAction::Stop => {
+            progress.stage("stopping PostgreSQL", None);
+            env.stop()?
+        }
+        EnvAction::Status => {}
+    }
+    Ok(env.status())
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::archive::layout::{is_tree_name, legacy_rel_path, uuid_rel_path};
+use crate::archive::layout::{compact_uuid_path, is_tree_name, legacy_rel_path, uuid_rel_path};
 use crate::error::{Error, Result};
 use crate::pg::FileDocument;
 
@@ -69,19 +69,6 @@ impl PartialOrd for StoreFile {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
-}
-
-/// The UUID's bytes when `rel` is `aa/bb/<uuid>` spelled exactly as [`uuid_rel_path`] would
-/// spell it back (lower case), so that nothing is lost.
-pub(crate) fn compact_uuid_path(rel: &str) -> Option<[u8; 16]> {
-    let uuid = rel.get(6..)?;
-    if !crate::archive::layout::is_uuid(uuid) || uuid.bytes().any(|c| c.is_ascii_uppercase()) {
-        return None;
-    }
-    if uuid_rel_path(uuid) != rel {
-        return None;
-    }
-    uuid::Uuid::parse_str(uuid).ok().map(|u| *u.as_bytes())
 }
 
 /// What the scan found, for the report.

@@ -3,8 +3,7 @@
 //! member's checksum against the manifest, `.metadata` against the members, the dump through
 //! `pg_restore`, and the compressed stream through its trailer.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -17,11 +16,17 @@ use crate::archive::reader::{Visitor, walk_tar};
 use crate::archive::{Compression, Input, Variant};
 use crate::error::{Error, Result};
 use crate::pg::PgTools;
-use crate::progress::Progress;
-use crate::tree_writer::TreeWriter;
+use crate::progress::{Cancel, Progress};
+use crate::source::{ArchiveInput, Peek, Source};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The archive read, as named in messages (set by [`execute`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archive: Option<String>,
+    /// `true` once verify found the archive complete and intact.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ok: Option<bool>,
     pub variant: Variant,
     pub compression: Compression,
     pub container: Container,
@@ -67,71 +72,41 @@ pub fn verify(input: Input<'_>, tools: &PgTools, progress: &dyn Progress) -> Res
     examine(input, Some(tools), None, progress)
 }
 
-/// What the first bytes of an archive tell, without reading it all (for a dry run).
-#[derive(Debug, Clone, Serialize)]
-pub struct Peek {
-    /// `None` when the first member does not settle it.
-    pub variant: Option<Variant>,
-    pub compression: Compression,
-    pub container: Container,
-    /// `.metadata`, when it is the first member (as in the cloud's layout).
-    pub metadata: Option<Metadata>,
-}
-
-/// Reads only the start of `input`: detection and, for a full snapshot, its `.metadata`.
-pub fn peek(input: Input<'_>) -> Result<Peek> {
-    let opened = detect::open(input)?;
-    let d = opened.detected;
-    let mut metadata = None;
-    if d.container == Container::Tar && opened.head.len() >= 512 {
-        let header = tar::Header::from_byte_slice(&opened.head[..512]);
-        let name = header.path_bytes();
-        let name = name.strip_prefix(b"./").unwrap_or(&name);
-        if name == METADATA.as_bytes() {
-            let size = header.entry_size().unwrap_or(0) as usize;
-            if let Some(body) = opened.head.get(512..512 + size) {
-                metadata = serde_json::from_slice(body).ok();
-            }
-        }
-    }
-    Ok(Peek {
-        variant: d.variant,
-        compression: d.compression,
-        container: d.container,
-        metadata,
-    })
-}
-
-/// Where `extract` puts what it reads.
-pub struct Sinks {
-    /// The dump is copied here (a spool file for pg_restore).
-    pub dump_to: Option<File>,
-    /// Tree files are written below this (new, empty) directory.
-    pub tree_to: Option<PathBuf>,
-    /// Refuse up front, from `.metadata`, when this filesystem lacks the room.
-    pub space_on: Option<PathBuf>,
-    pub extracted_files: u64,
-    pub extracted_bytes: u64,
-    /// The part a restore wants: refused as soon as the first bytes show the archive lacks it.
-    pub wanted: Option<Variant>,
-    /// Told once the dump is whole in `dump_to` (the archive's second member), so a restore
-    /// can start pg_restore while the files are still being extracted.
-    pub dump_ready: Option<std::sync::mpsc::Sender<()>>,
-    /// Set when the first tree file is created, for whoever writes the files back meanwhile.
-    pub tree_begun: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+/// Where a restore puts what the walk reads: the reading and every check stay here, the
+/// writing is the restore's. Inspect and verify have none.
+pub trait Extraction {
+    /// The variant the first bytes show, before anything is written: refuse it here when it
+    /// lacks the part wanted.
+    fn variant_known(&mut self, found: Variant) -> Result<()>;
+    /// `.metadata`, read as the first member of a cloud archive: refuse here when the
+    /// figures it gives cannot fit.
+    fn metadata(&mut self, metadata: &Metadata) -> Result<()>;
+    /// Whether the dump is written somewhere (or only read through).
+    fn wants_dump(&self) -> bool;
+    /// All of the dump. An error reading `data` is the archive's, one writing is ours.
+    fn dump(&mut self, data: &mut dyn Read) -> Result<()>;
+    /// One file of `tree/`, `rel` being its checked path below the store.
+    fn tree_file(&mut self, rel: &str, data: &mut dyn Read) -> Result<()>;
+    /// The walk is over and succeeded: everything written must be complete when this
+    /// returns.
+    fn finish(&mut self) -> Result<()>;
 }
 
 /// Reads the archive with every check `verify` makes except pg_restore's (the restore itself
-/// runs pg_restore), writing the dump and the tree where `sinks` say. Any failure leaves
-/// partial output that the caller removes.
-pub fn extract(input: Input<'_>, sinks: &mut Sinks, progress: &dyn Progress) -> Result<Report> {
-    examine(input, None, Some(sinks), progress)
+/// runs pg_restore), handing the dump and the tree to `into`. A failure leaves whatever `into`
+/// wrote for the caller to remove.
+pub fn extract(
+    input: Input<'_>,
+    into: &mut dyn Extraction,
+    progress: &dyn Progress,
+) -> Result<Report> {
+    examine(input, None, Some(into), progress)
 }
 
 fn examine(
     input: Input<'_>,
     tools: Option<&PgTools>,
-    sinks: Option<&mut Sinks>,
+    into: Option<&mut dyn Extraction>,
     progress: &dyn Progress,
 ) -> Result<Report> {
     let input: Input<'_> = Box::new(ProgressReader {
@@ -140,21 +115,30 @@ fn examine(
     });
     let opened = detect::open(input)?;
     let d = opened.detected.clone();
-    if let (Some(wanted), Some(found)) = (sinks.as_ref().and_then(|s| s.wanted), d.variant) {
-        if !found.holds(wanted) {
-            return Err(found.wrong_variant(wanted));
+    let report = match into {
+        Some(into) => {
+            if let Some(found) = d.variant {
+                into.variant_known(found)?;
+            }
+            let report = match d.container {
+                Container::Dump => examine_dump(opened, tools, Some(&mut *into))?,
+                Container::Tar => examine_tar(opened, tools, Some(&mut *into))?,
+            };
+            into.finish()?;
+            report
         }
-    }
-    match d.container {
-        Container::Dump => examine_dump(opened, tools, sinks),
-        Container::Tar => examine_tar(opened, tools, sinks),
-    }
+        None => match d.container {
+            Container::Dump => examine_dump(opened, tools, None)?,
+            Container::Tar => examine_tar(opened, tools, None)?,
+        },
+    };
+    Ok(report)
 }
 
 fn examine_dump(
     opened: detect::Opened<'_>,
     tools: Option<&PgTools>,
-    sinks: Option<&mut Sinks>,
+    into: Option<&mut dyn Extraction>,
 ) -> Result<Report> {
     let header = dump_header::parse(&opened.head)?;
     let mut content = opened.content;
@@ -163,15 +147,10 @@ fn examine_dump(
         count: 0,
     };
     let mut checks = Vec::new();
-    let ready = sinks.as_ref().and_then(|s| s.dump_ready.clone());
-    let spool = sinks.and_then(|s| s.dump_to.as_mut());
-    match tools {
-        None if spool.is_some() => {
-            let spool = spool.expect("checked");
-            copy_into(&mut counted, spool, "the dump spool")?;
-            if let Some(tx) = ready {
-                let _ = tx.send(());
-            }
+    let into = into.filter(|i| i.wants_dump());
+    match (tools, into) {
+        (None, Some(into)) => {
+            into.dump(&mut counted)?;
             if opened.detected.compression != Compression::None {
                 checks.push(format!(
                     "{} stream complete, trailer checksum good",
@@ -179,7 +158,7 @@ fn examine_dump(
                 ));
             }
         }
-        Some(tools) => {
+        (Some(tools), _) => {
             tools.check_dump(&mut counted)?;
             checks.push("pg_restore reads the whole dump".to_string());
             if opened.detected.compression != Compression::None {
@@ -189,7 +168,7 @@ fn examine_dump(
                 ));
             }
         }
-        None => {
+        (None, None) => {
             std::io::copy(&mut counted, &mut std::io::sink())
                 .map_err(|e| Error::reading("reading the dump", e))?;
         }
@@ -203,6 +182,8 @@ fn examine_dump(
         ));
     }
     Ok(Report {
+        archive: None,
+        ok: None,
         variant: Variant::Database,
         compression: opened.detected.compression,
         container: Container::Dump,
@@ -235,7 +216,11 @@ impl Read for CountingReader<'_> {
 
 /// Copies `from` to its end into `to`; a failure to write is ours (disk full), a failure to
 /// read is the archive's.
-pub(crate) fn copy_into(from: &mut dyn Read, to: &mut dyn Write, what: &str) -> Result<u64> {
+pub(crate) fn copy_into(
+    from: &mut dyn Read,
+    to: &mut dyn std::io::Write,
+    what: &str,
+) -> Result<u64> {
     use crate::archive::codec::{PumpError, pump};
     pump(from, |chunk| to.write_all(chunk)).map_err(|e| match e {
         PumpError::Read(e) => Error::reading("reading the archive", e),
@@ -246,7 +231,7 @@ pub(crate) fn copy_into(from: &mut dyn Read, to: &mut dyn Write, what: &str) -> 
 /// Gathers what the walk sees.
 struct Examiner<'t, 's> {
     tools: Option<&'t PgTools>,
-    sinks: Option<&'s mut Sinks>,
+    into: Option<&'s mut dyn Extraction>,
     /// Checksums as computed, in archive order, for the lock-step comparison with the manifest.
     computed: Option<ManifestSpool>,
     order: Vec<&'static str>,
@@ -260,67 +245,18 @@ struct Examiner<'t, 's> {
     manifest_comment: Option<String>,
     manifest_checked: u64,
     checks: Vec<String>,
-    /// Makes the extracted files, on its own thread.
-    tree_writer: Option<TreeWriter>,
 }
 
 impl Examiner<'_, '_> {
     fn verifying(&self) -> bool {
-        self.tools.is_some() || self.sinks.is_some()
-    }
-
-    /// With `.metadata` in hand (the first member), refuse early when the staging area's
-    /// filesystem cannot hold what the archive says is coming.
-    fn check_space(&self, m: &Metadata) -> Result<()> {
-        let Some(sinks) = self.sinks.as_ref() else {
-            return Ok(());
-        };
-        let Some(dir) = &sinks.space_on else {
-            return Ok(());
-        };
-        let mut needed = 0u64;
-        if sinks.tree_to.is_some() {
-            needed += m.files_size.parse::<u64>().unwrap_or(0);
-        }
-        if sinks.dump_to.is_some() {
-            needed += m.dump_size.parse::<u64>().unwrap_or(0);
-        }
-        if let Some(free) = crate::env::free_space(dir) {
-            if needed > free {
-                return Err(Error::environment(format!(
-                    "not enough space: the archive needs {needed} bytes in {} but only {free}                      are free",
-                    dir.display()
-                ))
-                .with_hint("free some space there (or restore elsewhere); nothing was changed"));
-            }
-        }
-        Ok(())
+        self.tools.is_some() || self.into.is_some()
     }
 
     fn write_tree_file(&mut self, rel: &str, data: &mut dyn Read) -> Result<()> {
-        let Some(sinks) = self.sinks.as_mut() else {
-            return Ok(());
-        };
-        let Some(root) = &sinks.tree_to else {
-            return Ok(());
-        };
-        // `rel` passed layout::classify: two or three plain components, no "..", no "/".
-        let path = root.join(rel);
-        if sinks.extracted_files == 0 {
-            if let Some(begun) = &sinks.tree_begun {
-                begun.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
+        match self.into.as_mut() {
+            Some(into) => into.tree_file(rel, data),
+            None => Ok(()),
         }
-        let n = self
-            .tree_writer
-            .get_or_insert_with(TreeWriter::new)
-            .write_file(path, data)?;
-        sinks.extracted_files += 1;
-        sinks.extracted_bytes += n;
-        if sinks.extracted_files == 10 {
-            crate::env::crash_point("extract");
-        }
-        Ok(())
     }
 
     fn read_metadata(&mut self, data: &mut dyn Read) -> Result<()> {
@@ -330,7 +266,9 @@ impl Examiner<'_, '_> {
             .map_err(|e| Error::reading("reading .metadata", e))?;
         match serde_json::from_slice::<Metadata>(&text) {
             Ok(m) => {
-                self.check_space(&m)?;
+                if let Some(into) = self.into.as_mut() {
+                    into.metadata(&m)?;
+                }
                 self.metadata = Some(m);
             }
             Err(e) => self.metadata_error = Some(format!(".metadata is not valid: {e}")),
@@ -350,16 +288,10 @@ impl Examiner<'_, '_> {
             ))
         })?;
         self.dump = Some(header);
-        if let Some(spool) = self.sinks.as_mut().and_then(|s| s.dump_to.as_mut()) {
-            spool
-                .write_all(&head)
-                .map_err(|e| Error::io("writing the dump spool", e))?;
-            copy_into(data, spool, "the dump spool")?;
-            if let Some(tx) = self.sinks.as_mut().and_then(|s| s.dump_ready.take()) {
-                let _ = tx.send(());
-            }
+        let mut rejoined = std::io::Cursor::new(head).chain(data);
+        if let Some(into) = self.into.as_mut().filter(|i| i.wants_dump()) {
+            into.dump(&mut rejoined)?;
         } else if let Some(tools) = self.tools {
-            let mut rejoined = std::io::Cursor::new(head).chain(data);
             tools
                 .check_dump(&mut rejoined)
                 .map_err(|e| e.context(crate::archive::layout::DUMP))?;
@@ -534,13 +466,13 @@ impl Visitor for Examiner<'_, '_> {
 fn examine_tar(
     opened: detect::Opened<'_>,
     tools: Option<&PgTools>,
-    sinks: Option<&mut Sinks>,
+    into: Option<&mut dyn Extraction>,
 ) -> Result<Report> {
     let compression = opened.detected.compression;
-    let verifying = tools.is_some() || sinks.is_some();
+    let verifying = tools.is_some() || into.is_some();
     let mut ex = Examiner {
         tools,
-        sinks,
+        into,
         computed: if verifying {
             Some(
                 ManifestSpool::new(Variant::Full, None)
@@ -560,14 +492,9 @@ fn examine_tar(
         manifest_comment: None,
         manifest_checked: 0,
         checks: Vec::new(),
-        tree_writer: None,
     };
     let mut content = opened.content;
     let walked = crate::archive::codec::with_read_ahead(&mut *content, |r| walk_tar(r, &mut ex))?;
-    // Every file is written and closed before the extraction counts as done.
-    if let Some(writer) = ex.tree_writer.take() {
-        writer.finish()?;
-    }
     let has_metadata = ex.order.contains(&"metadata");
     let has_dump = ex.dump_size.is_some();
     let variant = if has_metadata || has_dump {
@@ -601,7 +528,9 @@ fn examine_tar(
             if let Some(e) = &ex.metadata_error {
                 return Err(Error::corrupt(e.clone()));
             }
-            let m = ex.metadata.as_ref().expect("parsed");
+            let Some(m) = ex.metadata.as_ref() else {
+                return Err(Error::corrupt(format!("{METADATA} could not be read")));
+            };
             let dump_size = ex.dump_size.unwrap_or(0);
             if m.dump_size.parse::<u64>().ok() != Some(dump_size) {
                 return Err(Error::corrupt(format!(
@@ -653,6 +582,8 @@ fn examine_tar(
         }
     }
     Ok(Report {
+        archive: None,
+        ok: None,
         variant,
         compression,
         container: Container::Tar,
@@ -668,4 +599,72 @@ fn examine_tar(
         checks: ex.checks,
         warnings,
     })
+}
+
+/// What `inspect` or `verify` is asked to do.
+#[derive(Debug)]
+pub struct ReadOptions {
+    pub source: Source,
+    /// Prove the archive intact (checksums, pg_restore), not only describe it.
+    pub verify: bool,
+    /// Where `pg_restore` is, for verify.
+    pub pg_bin: Option<PathBuf>,
+}
+
+/// An archive opened and peeked at, with the tools found.
+pub struct ReadPlan {
+    input: ArchiveInput,
+    tools: Option<PgTools>,
+}
+
+/// What reading will do, before it is done.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadView {
+    pub archive: String,
+    pub archive_bytes: Option<u64>,
+    pub peek: Option<Peek>,
+    pub verify: bool,
+}
+
+impl ReadPlan {
+    pub fn view(&self) -> ReadView {
+        ReadView {
+            archive: self.input.name().to_string(),
+            archive_bytes: self.input.size(),
+            peek: self.input.peek().cloned(),
+            verify: self.tools.is_some(),
+        }
+    }
+}
+
+/// Opens the archive (refusing at once what is not one) and finds pg_restore for verify.
+pub fn plan(opts: ReadOptions) -> Result<ReadPlan> {
+    let tools = if opts.verify {
+        Some(PgTools::find(opts.pg_bin.as_deref())?)
+    } else {
+        None
+    };
+    Ok(ReadPlan {
+        input: ArchiveInput::open(opts.source)?,
+        tools,
+    })
+}
+
+/// Reads the whole archive: describes it, and with verify proves it complete and intact.
+pub fn execute(plan: ReadPlan, progress: &dyn Progress, cancel: &Cancel) -> Result<Report> {
+    let name = plan.input.name().to_string();
+    progress.stage(
+        if plan.tools.is_some() {
+            "verifying"
+        } else {
+            "reading"
+        },
+        plan.input.size(),
+    );
+    let input = cancel.reader(plan.input.into_reader());
+    let mut report = examine(Box::new(input), plan.tools.as_ref(), None, progress)
+        .map_err(|e| e.context(format!("reading {name}")))?;
+    report.archive = Some(name);
+    report.ok = plan.tools.is_some().then_some(true);
+    Ok(report)
 }

@@ -1,0 +1,166 @@
+//! What the binary shows: progress on stderr, results on stdout, questions on the terminal.
+//! Every write to stdout goes through [`Out`], whose errors (a closed pipe) end the command.
+
+use std::io::{self, IsTerminal, Write};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use mxsnap::progress::{Cancel, Event, Progress};
+
+/// Standard output, written with `writeln!` so that a closed pipe is an error to return, not
+/// a panic.
+pub type Out = io::StdoutLock<'static>;
+
+pub fn out() -> Out {
+    io::stdout().lock()
+}
+
+/// Prints `value` as pretty JSON and a newline.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let mut o = out();
+    serde_json::to_writer_pretty(&mut o, value).map_err(io::Error::from)?;
+    writeln!(o)?;
+    o.flush()?;
+    Ok(())
+}
+
+/// Progress on stderr: a bar on a terminal, log lines otherwise, nothing with --quiet.
+/// Warnings are not shown as they come: every report lists them at its end.
+pub struct Reporter {
+    bar: Option<ProgressBar>,
+    quiet: bool,
+}
+
+impl Reporter {
+    pub fn new(quiet: bool) -> Reporter {
+        let bar = (!quiet && io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        Reporter { bar, quiet }
+    }
+
+    pub fn done(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+
+    fn line(&self, message: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(format!("mxsnap: {message}")),
+            None if !self.quiet => eprintln!("mxsnap: {message}"),
+            None => {}
+        }
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        self.done();
+    }
+}
+
+const BAR: &str = "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}";
+const SPINNER: &str = "{spinner} {msg} {elapsed}";
+
+impl Progress for Reporter {
+    fn event(&self, event: &Event) {
+        match event {
+            Event::Stage {
+                name, bytes_total, ..
+            } => match &self.bar {
+                Some(bar) => {
+                    bar.reset();
+                    bar.set_length(bytes_total.unwrap_or(0));
+                    let template = if bytes_total.is_some() { BAR } else { SPINNER };
+                    if let Ok(style) = ProgressStyle::with_template(template) {
+                        bar.set_style(style.progress_chars("=> "));
+                    }
+                    bar.set_message(name.clone());
+                }
+                None => self.line(name),
+            },
+            Event::Advance { bytes, .. } => {
+                if let Some(bar) = &self.bar {
+                    bar.inc(*bytes);
+                }
+            }
+            Event::Note { message } => self.line(message),
+            Event::Warning { .. } => {}
+        }
+    }
+}
+
+/// A cancel that SIGINT and SIGTERM set: the operation stops at its next check and undoes
+/// what it began.
+pub fn interrupt_cancel() -> Cancel {
+    let cancel = Cancel::new();
+    let flag = mxsnap::sys::catch_interrupts();
+    let watched = cancel.clone();
+    std::thread::Builder::new()
+        .name("interrupts".into())
+        .spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            watched.cancel();
+        })
+        .ok();
+    cancel
+}
+
+/// Asks on the terminal; refuses without one.
+pub fn confirm(question: &str) -> anyhow::Result<bool> {
+    if !io::stdin().is_terminal() {
+        anyhow::bail!(
+            mxsnap::Error::usage(format!(
+                "{question}: refusing to replace data without confirmation"
+            ))
+            .with_hint("pass --yes to confirm, or --dry-run to see the plan")
+        );
+    }
+    eprint!("mxsnap: {question} [y/N] ");
+    io::stderr().flush()?;
+    let mut answer = String::new();
+    io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+pub fn parse_tz(name: &str) -> anyhow::Result<chrono_tz::Tz> {
+    name.parse::<chrono_tz::Tz>().map_err(|_| {
+        anyhow::Error::new(mxsnap::Error::usage(format!(
+            "unknown time zone {name:?} (use an IANA name such as UTC or Europe/Amsterdam)"
+        )))
+    })
+}
+
+pub fn local_time(t: chrono::DateTime<chrono::Utc>, tz: chrono_tz::Tz) -> String {
+    t.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string()
+}
+
+/// Prints a plan's steps, numbered, under "plan (dry run, nothing changed):".
+pub fn print_steps(o: &mut Out, steps: &[String]) -> io::Result<()> {
+    for (i, s) in steps.iter().enumerate() {
+        writeln!(o, "  {}. {s}", i + 1)?;
+    }
+    Ok(())
+}

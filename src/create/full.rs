@@ -1,0 +1,336 @@
+//! The dump job and the packing of members: a full snapshot overlaps pg_dump with the packing
+//! of the files ([`write_full`]).
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::Path;
+use std::time::Instant;
+
+use crate::archive::codec::{PumpError, pump};
+use crate::archive::layout::{DUMP, METADATA, TREE_PREFIX};
+use crate::archive::manifest::Metadata;
+use crate::archive::writer::{MemberInfo, Tally, TarOptions, TarWriter, Written, now_secs};
+use crate::error::{Error, Result};
+use crate::output::Relay;
+use crate::pg::{ConnSpec, PgTools};
+use crate::progress::{Cancel, Progress};
+use crate::store::Selection;
+
+pub(super) struct Dumped {
+    pub spool: Option<tempfile::NamedTempFile>,
+    pub size: u64,
+    pub seconds: u64,
+}
+
+pub(super) fn writing(e: io::Error) -> Error {
+    Error::io("writing the archive", e)
+}
+
+/// What `.metadata` records besides the dump's own figures.
+pub(super) struct MetadataFacts<'a> {
+    pub model_version: &'a str,
+    pub database_size: u64,
+    pub files_size: u64,
+}
+
+/// Everything pg_dump needs, shareable with the thread that runs it.
+pub(super) struct DumpJob<'a> {
+    pub tools: &'a PgTools,
+    pub spec: &'a ConnSpec,
+    pub snapshot: Option<&'a str>,
+    pub inner_level: Option<u32>,
+    /// Dump straight into this file instead of a spool.
+    pub direct_to: Option<&'a Path>,
+    pub target: Option<&'a Path>,
+    pub spool_dir: &'a Path,
+    pub metadata: MetadataFacts<'a>,
+    pub cancel: &'a Cancel,
+}
+
+impl DumpJob<'_> {
+    pub fn run(&self, progress: &dyn Progress) -> Result<Dumped> {
+        progress.note(&format!(
+            "dumping {} with {}",
+            self.spec.describe(),
+            self.tools.pg_dump.display()
+        ));
+        let t0 = Instant::now();
+        let spool = match self.direct_to {
+            Some(_) => None,
+            None => {
+                // Named after the output, so whoever cleans up after a crashed create (the
+                // catalogue does) recognises it.
+                let prefix = match self.target {
+                    Some(t) => format!(
+                        ".{}.dump.",
+                        t.file_name()
+                            .map(|n| n.to_string_lossy())
+                            .unwrap_or_default()
+                    ),
+                    None => ".mxsnap-dump.".to_string(),
+                };
+                Some(
+                    tempfile::Builder::new()
+                        .prefix(&prefix)
+                        .suffix(".partial")
+                        .tempfile_in(self.spool_dir)
+                        .map_err(|e| {
+                            Error::io(
+                                format!("creating a dump spool in {}", self.spool_dir.display()),
+                                e,
+                            )
+                        })?,
+                )
+            }
+        };
+        let dump_path = match (&spool, self.direct_to) {
+            (Some(s), _) => s.path(),
+            (None, Some(p)) => p,
+            (None, None) => unreachable!("a dump is spooled or direct"),
+        };
+        self.tools.dump_to_file(
+            self.spec,
+            self.snapshot,
+            self.inner_level,
+            dump_path,
+            self.cancel,
+        )?;
+        let size = std::fs::metadata(dump_path)
+            .map_err(|e| Error::io("reading the dump's size", e))?
+            .len();
+        Ok(Dumped {
+            spool,
+            size,
+            seconds: t0.elapsed().as_secs(),
+        })
+    }
+
+    fn metadata(&self, dumped: &Dumped) -> Metadata {
+        Metadata {
+            duration: dumped.seconds.to_string(),
+            dump_size: dumped.size.to_string(),
+            model_version: self.metadata.model_version.to_string(),
+            database_size: self.metadata.database_size.to_string(),
+            files_size: self.metadata.files_size.to_string(),
+        }
+    }
+}
+
+/// A full snapshot, with the dump and the file packing overlapping.
+///
+/// The cloud's member order puts `.metadata` and the dump before the files, but the dump's
+/// size (for its tar header) and `.metadata`'s figures are known only once pg_dump is done. So
+/// a second thread runs pg_dump and then writes those members as the archive's leading part
+/// (a complete compressed stream), while this thread packs the files as the trailing part
+/// into a [`Relay`]: spilled to disk until the leading part is in the output, then copied
+/// after it, and from then on written straight to the output. Joined, the parts are one
+/// valid gzip or zstd stream of one tar.
+pub(super) fn write_full(
+    job: &DumpJob<'_>,
+    selection: &Selection,
+    store: &Path,
+    sink: Box<dyn Write + Send>,
+    options: &TarOptions,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<(Dumped, Written)> {
+    progress.stage_with_files(
+        "dumping the database and writing the files",
+        Some(selection.total_bytes),
+        Some(selection.files.len() as u64),
+    );
+    let (handoff, handed) = std::sync::mpsc::channel();
+    let relay = Relay::new(job.spool_dir, handed).map_err(|e| {
+        Error::io(
+            format!("creating a spill file in {}", job.spool_dir.display()),
+            e,
+        )
+    })?;
+    std::thread::scope(|scope| {
+        let leading = scope.spawn(move || -> Result<_> {
+            let dumped = job.run(progress)?;
+            let mut tar =
+                TarWriter::leading_part(Tally::new(sink), options, &crate::progress::Silent)
+                    .map_err(writing)?;
+            append_dump(&mut tar, &job.metadata(&dumped), &dumped)?;
+            let (out, written, entries) = tar.finish_leading().map_err(writing)?;
+            // The trailing part's relay notices on its next write, or waits in finish.
+            let _ = handoff.send(out);
+            Ok((dumped, written, entries))
+        });
+        let trailing = TarWriter::trailing_part(relay, options, progress)
+            .map_err(writing)
+            .and_then(|mut tar| {
+                append_files(&mut tar, store, selection, progress, cancel).map(|()| tar)
+            });
+        if trailing.is_ok() && !leading.is_finished() {
+            progress.stage("waiting for the database dump", None);
+        }
+        // The dump's failure explains a broken relay better than the relay's own error.
+        let (dumped, leading_written, entries) = leading
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        let (relay, trailing_written) = trailing?.finish_trailing(&entries).map_err(writing)?;
+        let mut out = relay.finish().map_err(writing)?;
+        out.flush().map_err(writing)?;
+        let (_, output_bytes, output_sha256) = out.into_parts();
+        Ok((
+            dumped,
+            Written {
+                members: leading_written.members + trailing_written.members,
+                content_bytes: leading_written.content_bytes + trailing_written.content_bytes,
+                output_bytes,
+                output_sha256,
+            },
+        ))
+    })
+}
+
+/// `.metadata` and `db/db.backup`, from the spool.
+fn append_dump<W: Write>(
+    tar: &mut TarWriter<'_, W>,
+    metadata: &Metadata,
+    dumped: &Dumped,
+) -> Result<()> {
+    let now = now_secs();
+    let json = serde_json::to_vec(metadata)
+        .map_err(|e| Error::environment(format!("encoding {METADATA}: {e}")))?;
+    let info = MemberInfo {
+        path: METADATA,
+        size: json.len() as u64,
+        mode: 0o644,
+        mtime: now,
+    };
+    tar.append(&info, &mut &json[..]).map_err(writing)?;
+    let spool = dumped.spool.as_ref().expect("a tar's dump is spooled");
+    let mut file = spool
+        .reopen()
+        .map_err(|e| Error::io("reopening the dump spool", e))?;
+    let info = MemberInfo {
+        path: DUMP,
+        size: dumped.size,
+        mode: 0o644,
+        mtime: now,
+    };
+    tar.append(&info, &mut file).map_err(writing)
+}
+
+/// The selected files of the store, under `tree/`. Each file is read through the cancel.
+pub(super) fn append_files<W: Write>(
+    tar: &mut TarWriter<'_, W>,
+    store: &Path,
+    selection: &Selection,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<()> {
+    for (i, f) in selection.files.iter().enumerate() {
+        if i == 1 {
+            crate::sys::crash_point("create-writing");
+        }
+        let rel = f.rel();
+        let (file, mtime) = open_store_file(&store.join(&*rel), f.size)?;
+        let mut file = cancel.reader(file);
+        let path = format!("{TREE_PREFIX}{rel}");
+        let info = MemberInfo {
+            path: &path,
+            size: f.size,
+            mode: 0o644,
+            mtime,
+        };
+        tar.append(&info, &mut file).map_err(|e| {
+            if crate::progress::is_cancelled_io(&e) {
+                Error::cancelled()
+            } else if e.kind() == io::ErrorKind::UnexpectedEof || e.kind() == io::ErrorKind::Other {
+                Error::environment(format!("{e}"))
+                    .with_hint("the file store changed during create: stop the app and retry")
+            } else {
+                writing(e)
+            }
+        })?;
+        progress.file_done();
+    }
+    Ok(())
+}
+
+/// Opens a file of the store and checks it still has the size the scan saw.
+fn open_store_file(path: &Path, size: u64) -> Result<(File, u64)> {
+    let changed = || {
+        Error::environment(format!(
+            "{} changed or vanished while the snapshot was made",
+            path.display()
+        ))
+        .with_hint("the file store changed during create: stop the app and retry")
+    };
+    let file = File::open(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            changed()
+        } else {
+            Error::io(format!("opening {}", path.display()), e)
+        }
+    })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    if meta.len() != size {
+        return Err(changed());
+    }
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    Ok((file, mtime))
+}
+
+/// Copies the spooled dump to a stream output.
+pub(super) fn copy_dump(
+    dumped: &Dumped,
+    mut out: Box<dyn Write + Send>,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<Written> {
+    use sha2::{Digest, Sha256};
+    let spool = dumped
+        .spool
+        .as_ref()
+        .expect("a dump for a stream is spooled");
+    let file = spool
+        .reopen()
+        .map_err(|e| Error::io("reopening the dump spool", e))?;
+    let mut file = cancel.reader(file);
+    let mut hasher = Sha256::new();
+    progress.stage("writing the dump", Some(dumped.size));
+    pump(&mut file, |chunk| {
+        hasher.update(chunk);
+        progress.advance(chunk.len() as u64);
+        out.write_all(chunk)
+    })
+    .map_err(|e| match e {
+        PumpError::Read(e) => Error::io("reading the dump spool", e),
+        PumpError::Write(e) => Error::io("writing the dump", e),
+    })?;
+    out.flush().map_err(|e| Error::io("writing the dump", e))?;
+    Ok(Written {
+        members: 1,
+        content_bytes: dumped.size,
+        output_bytes: dumped.size,
+        output_sha256: crate::archive::writer::hex(&hasher.finalize()),
+    })
+}
+
+pub(super) fn sha256_of_file(path: &Path, cancel: &Cancel) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let file = File::open(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let mut file = cancel.reader(file);
+    let mut hasher = Sha256::new();
+    pump(&mut file, |chunk| {
+        hasher.update(chunk);
+        Ok(())
+    })
+    .map_err(|e| match e {
+        PumpError::Read(e) | PumpError::Write(e) => {
+            Error::io(format!("reading {}", path.display()), e)
+        }
+    })?;
+    Ok(crate::archive::writer::hex(&hasher.finalize()))
+}
