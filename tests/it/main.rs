@@ -5,7 +5,9 @@ mod harness;
 mod support;
 
 mod catalog;
+mod cli;
 mod create;
+mod operations;
 mod prepare;
 mod restore;
 mod verify;

@@ -10,14 +10,14 @@ use crate::harness::{self, Db, tree_hashes};
 use crate::support::*;
 
 /// A target environment with data of its own, different from the fixture's.
-struct Env {
-    db: Db,
+pub struct Env {
+    pub db: Db,
     _dir: tempfile::TempDir,
-    files: PathBuf,
+    pub files: PathBuf,
 }
 
 impl Env {
-    fn new(tag: &str) -> Env {
+    pub fn new(tag: &str) -> Env {
         let db = Db::with_fixture(tag);
         db.psql(
             "DELETE FROM \"shop$invoice\"; DELETE FROM \"shop$order\" WHERE id % 2 = 0; \
@@ -38,11 +38,11 @@ impl Env {
         }
     }
 
-    fn state(&self) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    pub fn state(&self) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
         (self.db.checksums(), tree_hashes(&self.files))
     }
 
-    fn restore(&self, archive: &Path, extra: &[&str]) -> Run {
+    pub fn restore(&self, archive: &Path, extra: &[&str]) -> Run {
         let url = self.db.url();
         let mut args = vec![
             "restore",
@@ -58,7 +58,7 @@ impl Env {
     }
 
     /// Nothing of a restore is left behind: no staging database, work dir or journal.
-    fn assert_clean(&self) {
+    pub fn assert_clean(&self) {
         let staging = harness::psql(
             "postgres",
             &format!(
@@ -80,7 +80,7 @@ impl Env {
 }
 
 /// A full snapshot of a fresh fixture database, and that database's checksums.
-fn snapshot(dir: &Path, extra: &[&str]) -> (PathBuf, BTreeMap<String, String>) {
+pub fn snapshot(dir: &Path, extra: &[&str]) -> (PathBuf, BTreeMap<String, String>) {
     let db = Db::with_fixture("source");
     let archive = dir.join("snap.tar.gz");
     ok(create(&db, &archive, extra));
@@ -767,4 +767,55 @@ fn a_non_archive_is_refused_before_any_environment_is_made() {
         !env_dir.exists(),
         "a local environment was made for nothing"
     );
+}
+
+#[test]
+fn a_damaged_journal_is_reported_with_a_hint_and_nothing_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, _) = snapshot(dir.path(), &[]);
+    let env = Env::new("damaged_journal");
+    let old = env.state();
+    // A restore killed after preparing its swap leaves a prepared journal...
+    let url = env.db.url();
+    let out = mxsnap_cmd(&[
+        "restore",
+        archive.to_str().unwrap(),
+        "--database",
+        &url,
+        "--files",
+        env.files.to_str().unwrap(),
+        "--yes",
+    ])
+    .env("MXSNAP_CRASH_AT", "prepared")
+    .output()
+    .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(9));
+    let journal = env.files.parent().unwrap().join(".files.mxsnap-journal");
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
+
+    // ...which is then damaged: the inode of the staged files is lost.
+    value["staging_files_ino"] = serde_json::Value::Null;
+    std::fs::write(&journal, value.to_string()).unwrap();
+    let run = env.restore(&archive, &[]);
+    assert_eq!(run.code, 5, "{}", run.stderr);
+    assert!(run.stderr.contains("is damaged"), "{}", run.stderr);
+    assert!(run.stderr.contains("hint:"), "{}", run.stderr);
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    assert_eq!(env.state(), old, "the target changed");
+
+    // Cut short, it does not parse at all.
+    std::fs::write(&journal, &text[..text.len() / 2]).unwrap();
+    let run = env.restore(&archive, &["--dry-run"]);
+    assert_eq!(run.code, 5, "{}", run.stderr);
+    assert!(run.stderr.contains("unreadable"), "{}", run.stderr);
+    assert!(run.stderr.contains("hint:"), "{}", run.stderr);
+    assert_eq!(env.state(), old, "the target changed");
+
+    // Mended by hand, the next run completes the prepared swap.
+    std::fs::write(&journal, &text).unwrap();
+    ok(env.restore(&archive, &["--dry-run"]));
+    assert_ne!(env.state(), old, "the prepared swap was not completed");
+    env.assert_clean();
 }
