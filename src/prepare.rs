@@ -30,6 +30,23 @@ pub struct PrepareOptions {
     pub model_version: Option<String>,
 }
 
+impl PrepareOptions {
+    /// The app's database, file store and pid file as its m2ee-tools `m2ee.yaml` gives them;
+    /// the caller sets the rest (and may override the pid file).
+    pub fn from_m2ee(m2ee: &std::path::Path, output_dir: PathBuf) -> Result<PrepareOptions> {
+        let config = crate::target::m2ee::load(m2ee)?;
+        Ok(PrepareOptions {
+            database: Some(config.conninfo()),
+            files: config.files.clone(),
+            pid_file: config.pid_file.clone(),
+            output_dir,
+            pg_bin: None,
+            allow_running: false,
+            model_version: None,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct PrepareReport {
     pub full_snapshot: PathBuf,

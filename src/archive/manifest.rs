@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use super::Variant;
 
+/// Model version recorded in `.metadata` when none is given: the cloud always knows it, we
+/// may not.
+pub const UNKNOWN_MODEL_VERSION: &str = "unknown";
+
 /// `.metadata` as the cloud writes it: every value a string, keys in this order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -157,7 +157,23 @@ pub fn local_time(t: chrono::DateTime<chrono::Utc>, tz: chrono_tz::Tz) -> String
     t.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string()
 }
 
-/// Prints a plan's steps, numbered, under "plan (dry run, nothing changed):".
+/// Prints a dry run: the plan's view as JSON, or `text` under a heading.
+pub fn print_plan(
+    view: &impl serde::Serialize,
+    json: bool,
+    text: impl FnOnce(&mut Out) -> io::Result<()>,
+) -> anyhow::Result<()> {
+    if json {
+        return print_json(view);
+    }
+    let mut o = out();
+    writeln!(o, "plan (dry run, nothing changed):")?;
+    text(&mut o)?;
+    o.flush()?;
+    Ok(())
+}
+
+/// Prints a plan's steps, numbered.
 pub fn print_steps(o: &mut Out, steps: &[String]) -> io::Result<()> {
     for (i, s) in steps.iter().enumerate() {
         writeln!(o, "  {}. {s}", i + 1)?;

@@ -110,8 +110,7 @@ pub struct CreateReport {
     pub dump_file: Option<PathBuf>,
 }
 
-/// Model version recorded when none is given: the cloud always knows it, we may not.
-pub const UNKNOWN_MODEL_VERSION: &str = "unknown";
+pub use crate::archive::manifest::UNKNOWN_MODEL_VERSION;
 
 /// A create, validated and connected; nothing written yet.
 pub struct Plan {

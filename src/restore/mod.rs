@@ -90,9 +90,11 @@ struct EnvPlan {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PlanView {
-    pub archive: String,
+    /// The archive as named in messages.
+    pub archive_name: String,
     pub archive_bytes: Option<u64>,
     /// What the archive's first bytes tell (a file only; a stream is known once read).
+    #[serde(rename = "archive")]
     pub peek: Option<Peek>,
     /// Free bytes where the staging copies go.
     pub free_bytes: Option<u64>,
@@ -181,7 +183,7 @@ impl Plan {
                 .push("then check the environment, stage and swap as for any restore".to_string()),
         }
         PlanView {
-            archive: self.input.name().to_string(),
+            archive_name: self.input.name().to_string(),
             archive_bytes: self.input.size(),
             peek: self.input.peek().cloned(),
             free_bytes: self.free_bytes,
@@ -504,7 +506,7 @@ fn run(
         .metadata
         .as_ref()
         .map(|m| m.model_version.clone())
-        .filter(|v| v != crate::create::UNKNOWN_MODEL_VERSION);
+        .filter(|v| v != crate::archive::manifest::UNKNOWN_MODEL_VERSION);
     let mut state = EnvState::load(target);
     let known = model_version.or(state.model_version.clone());
     if let (Some(archive), Some(current)) = (&archive_model, &known) {

@@ -46,26 +46,18 @@ pub fn run(args: &CreateArgs, quiet: bool) -> anyhow::Result<()> {
     .context("creating the snapshot")?;
     if args.dry_run {
         let view = plan.view();
-        if args.json {
-            return ui::print_json(&view);
-        }
-        let mut o = ui::out();
-        writeln!(o, "plan (dry run, nothing written):")?;
-        writeln!(
-            o,
-            "  output:   {}",
-            view.output
-                .as_ref()
-                .map_or("standard output".to_string(), |p| p.display().to_string())
-        )?;
-        if let Some(db) = &view.database {
-            writeln!(o, "  database: {db} (connected, pg_dump can dump it)")?;
-        }
-        if let Some(f) = &view.files {
-            writeln!(o, "  files:    {}", f.display())?;
-        }
-        ui::print_steps(&mut o, &view.steps)?;
-        return Ok(());
+        return ui::print_plan(&view, args.json, |o| {
+            let output = view.output.as_ref();
+            let shown = output.map_or("standard output".to_string(), |p| p.display().to_string());
+            writeln!(o, "  output:   {shown}")?;
+            if let Some(db) = &view.database {
+                writeln!(o, "  database: {db} (connected, pg_dump can dump it)")?;
+            }
+            if let Some(f) = &view.files {
+                writeln!(o, "  files:    {}", f.display())?;
+            }
+            ui::print_steps(o, &view.steps)
+        });
     }
     let reporter = Reporter::new(quiet);
     let report = create::execute(plan, &reporter, &ui::interrupt_cancel());

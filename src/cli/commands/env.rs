@@ -16,13 +16,7 @@ pub fn run(action: &Action, quiet: bool) -> anyhow::Result<()> {
     let plan = local::plan(&args.dir, action)?;
     if args.dry_run {
         let view = plan.view();
-        if args.json {
-            return ui::print_json(&view);
-        }
-        let mut o = ui::out();
-        writeln!(o, "plan (dry run, nothing changed):")?;
-        ui::print_steps(&mut o, &view.steps)?;
-        return Ok(());
+        return ui::print_plan(&view, args.json, |o| ui::print_steps(o, &view.steps));
     }
     let reporter = Reporter::new(quiet);
     let status = local::execute(plan, &reporter, &ui::interrupt_cancel());

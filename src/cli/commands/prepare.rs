@@ -9,45 +9,45 @@ use crate::cli::ui::{self, Reporter, human};
 use mxsnap::prepare::{self, PrepareOptions};
 
 pub fn run(args: &PrepareArgs, quiet: bool) -> anyhow::Result<()> {
-    let (database, files, pid_file) = match (&args.m2ee, &args.files) {
-        (Some(path), _) => {
-            let config = mxsnap::target::m2ee::load(path)?;
-            (
-                Some(config.conninfo()),
-                config.files.clone(),
-                args.pid_file.clone().or(config.pid_file.clone()),
-            )
+    let opts = match (&args.m2ee, &args.files) {
+        (Some(m2ee), _) => {
+            let from = PrepareOptions::from_m2ee(m2ee, args.output.clone())?;
+            PrepareOptions {
+                pid_file: args.pid_file.clone().or(from.pid_file.clone()),
+                ..from
+            }
         }
-        (None, Some(files)) => (args.database.clone(), files.clone(), args.pid_file.clone()),
+        (None, Some(files)) => PrepareOptions {
+            database: args.database.clone(),
+            files: files.clone(),
+            pid_file: args.pid_file.clone(),
+            output_dir: args.output.clone(),
+            pg_bin: None,
+            allow_running: false,
+            model_version: None,
+        },
         (None, None) => anyhow::bail!(mxsnap::Error::usage("pass --files DIR, or --m2ee FILE")),
     };
     let plan = prepare::plan(PrepareOptions {
-        database,
-        files,
-        pid_file,
-        output_dir: args.output.clone(),
         pg_bin: args.pg_bin.clone(),
         allow_running: args.allow_running,
         model_version: args.model_version.clone(),
+        ..opts
     })
     .context("preparing the upload")?;
     if args.dry_run {
         let view = plan.view();
-        if args.json {
-            return ui::print_json(&view);
-        }
-        let mut o = ui::out();
-        writeln!(o, "plan (dry run, nothing written):")?;
-        writeln!(o, "  full snapshot:  {}", view.full_snapshot.display())?;
-        writeln!(o, "  database only:  {}", view.database_file.display())?;
-        for c in &view.checks {
-            writeln!(o, "  check ok:       {c}")?;
-        }
-        for w in &view.warnings {
-            writeln!(o, "  warning:        {w}")?;
-        }
-        ui::print_steps(&mut o, &view.create.steps)?;
-        return Ok(());
+        return ui::print_plan(&view, args.json, |o| {
+            writeln!(o, "  full snapshot:  {}", view.full_snapshot.display())?;
+            writeln!(o, "  database only:  {}", view.database_file.display())?;
+            for c in &view.checks {
+                writeln!(o, "  check ok:       {c}")?;
+            }
+            for w in &view.warnings {
+                writeln!(o, "  warning:        {w}")?;
+            }
+            ui::print_steps(o, &view.create.steps)
+        });
     }
     let reporter = Reporter::new(quiet);
     let report = prepare::execute(plan, &reporter, &ui::interrupt_cancel());

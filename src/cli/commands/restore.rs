@@ -56,16 +56,15 @@ pub fn run(args: &TargetArgs, source: Source, quiet: bool) -> anyhow::Result<()>
 }
 
 fn print_plan(view: &restore::PlanView, json: bool) -> anyhow::Result<()> {
-    if json {
-        return ui::print_json(view);
-    }
-    let mut o = ui::out();
-    writeln!(o, "plan (dry run, nothing changed):")?;
+    ui::print_plan(view, json, |o| print_plan_text(o, view))
+}
+
+fn print_plan_text(o: &mut ui::Out, view: &restore::PlanView) -> std::io::Result<()> {
     let peek = view.peek.as_ref();
     writeln!(
         o,
         "  archive:  {} ({}{})",
-        view.archive,
+        view.archive_name,
         match peek {
             Some(p) => format!(
                 "{}, {}",
@@ -113,8 +112,7 @@ fn print_plan(view: &restore::PlanView, json: bool) -> anyhow::Result<()> {
     for c in &view.checks {
         writeln!(o, "  check ok: {c}")?;
     }
-    ui::print_steps(&mut o, &view.steps)?;
-    Ok(())
+    ui::print_steps(o, &view.steps)
 }
 
 fn print_report(report: &RestoreReport, quiet: bool) -> anyhow::Result<()> {

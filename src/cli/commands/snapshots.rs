@@ -45,27 +45,23 @@ pub fn run(action: &A, quiet: bool) -> anyhow::Result<()> {
                 let Some(view) = plan.view() else {
                     return Ok(());
                 };
-                if *json {
-                    return ui::print_json(&view);
-                }
-                let mut o = ui::out();
-                writeln!(o, "plan (dry run, nothing changed):")?;
-                writeln!(
-                    o,
-                    "  snapshot: {} of {} ({:?}) into {}{}",
-                    view.snapshot_id,
-                    view.environment,
-                    view.kind,
-                    view.repo.display(),
-                    if view.repo_created {
-                        " (the catalogue is made first)"
-                    } else {
-                        ""
-                    }
-                )?;
-                writeln!(o, "  archive:  {}", view.archive.display())?;
-                ui::print_steps(&mut o, &view.create.steps)?;
-                return Ok(());
+                return ui::print_plan(&view, *json, |o| {
+                    writeln!(
+                        o,
+                        "  snapshot: {} of {} ({:?}) into {}{}",
+                        view.snapshot_id,
+                        view.environment,
+                        view.kind,
+                        view.repo.display(),
+                        if view.repo_created {
+                            " (the catalogue is made first)"
+                        } else {
+                            ""
+                        }
+                    )?;
+                    writeln!(o, "  archive:  {}", view.archive.display())?;
+                    ui::print_steps(o, &view.create.steps)
+                });
             }
             let reporter = Reporter::new(quiet);
             let rec = ops::execute_create(plan, &reporter, &cancel);
@@ -115,14 +111,15 @@ pub fn run(action: &A, quiet: bool) -> anyhow::Result<()> {
             let plan = ops::plan_comment(&repo.repo, id, text)?;
             if *dry_run {
                 let v = plan.view();
-                writeln!(
-                    ui::out(),
-                    "plan (dry run, nothing changed):\n  set the comment of {} from {:?} to {:?}",
-                    v.snapshot_id,
-                    v.comment_before.unwrap_or_default(),
-                    v.comment
-                )?;
-                return Ok(());
+                return ui::print_plan(&v, false, |o| {
+                    writeln!(
+                        o,
+                        "  set the comment of {} from {:?} to {:?}",
+                        v.snapshot_id,
+                        v.comment_before.as_deref().unwrap_or_default(),
+                        v.comment
+                    )
+                });
             }
             let r = ops::execute_comment(plan, &cancel)?;
             if !quiet {
@@ -133,18 +130,17 @@ pub fn run(action: &A, quiet: bool) -> anyhow::Result<()> {
             let plan = ops::plan_delete(&repo.repo, id)?;
             if *dry_run {
                 let v = plan.view();
-                writeln!(
-                    ui::out(),
-                    "plan (dry run, nothing changed):\n  delete snapshot {} of {} ({:?}) and \
-                     its archive {}",
-                    v.snapshot_id,
-                    v.environment,
-                    v.state,
-                    v.archive
-                        .as_ref()
-                        .map_or("(none)".to_string(), |p| p.display().to_string())
-                )?;
-                return Ok(());
+                return ui::print_plan(&v, false, |o| {
+                    let archive = v.archive.as_ref();
+                    writeln!(
+                        o,
+                        "  delete snapshot {} of {} ({:?}) and its archive {}",
+                        v.snapshot_id,
+                        v.environment,
+                        v.state,
+                        archive.map_or("(none)".to_string(), |p| p.display().to_string())
+                    )
+                });
             }
             let r = ops::execute_delete(plan, &cancel)?;
             if !quiet {
@@ -168,13 +164,7 @@ pub fn run(action: &A, quiet: bool) -> anyhow::Result<()> {
             let plan = ops::plan_download(&repo.repo, id, *variant, to, *force)?;
             if *dry_run {
                 let view = plan.view();
-                if *json {
-                    return ui::print_json(&view);
-                }
-                let mut o = ui::out();
-                writeln!(o, "plan (dry run, nothing written):")?;
-                ui::print_steps(&mut o, &view.steps)?;
-                return Ok(());
+                return ui::print_plan(&view, *json, |o| ui::print_steps(o, &view.steps));
             }
             let reporter = Reporter::new(quiet);
             let written = ops::execute_download(plan, &reporter, &cancel);
