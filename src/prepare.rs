@@ -140,8 +140,7 @@ pub fn plan(opts: PrepareOptions) -> Result<Plan> {
     }
     drop(admin);
 
-    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-    let stamp = chrono::Utc::now().format("%Y%m%d%H%M").to_string();
+    let (tag, stamp) = crate::archive::new_tag_and_stamp();
     let full = opts.output_dir.join(cloud_file_name(
         Variant::Full,
         Compression::Gzip,

@@ -169,6 +169,14 @@ impl FromStr for Compression {
     }
 }
 
+/// A new `tag` and `stamp` for [`cloud_file_name`]: 8 random hex digits and the current minute
+/// (UTC). Files made together (prepare-upload's pair) share one.
+pub fn new_tag_and_stamp() -> (String, String) {
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let stamp = chrono::Utc::now().format("%Y%m%d%H%M").to_string();
+    (tag, stamp)
+}
+
 /// The file name the cloud gives a download, e.g.
 /// `files_and_database-fc9e126f-201811210121.tar.gz`. `tag` is 8 lowercase hex digits and
 /// `stamp` is `YYYYMMDDhhmm` (UTC).

@@ -262,8 +262,7 @@ pub fn plan(opts: CreateOptions) -> Result<Plan> {
     let target = match &opts.output {
         Output::Writer(_) => None,
         Output::Path(p) if p.is_dir() => {
-            let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-            let stamp = chrono::Utc::now().format("%Y%m%d%H%M").to_string();
+            let (tag, stamp) = crate::archive::new_tag_and_stamp();
             Some(p.join(cloud_file_name(variant, opts.compression, &tag, &stamp)))
         }
         Output::Path(p) => Some(p.clone()),
