@@ -663,7 +663,7 @@ pub fn execute(plan: ReadPlan, progress: &dyn Progress, cancel: &Cancel) -> Resu
     );
     let input = cancel.reader(plan.input.into_reader());
     let mut report = examine(Box::new(input), plan.tools.as_ref(), None, progress)
-        .map_err(|e| e.context(format!("reading {name}")))?;
+        .map_err(|e| cancel.explain(e).context(format!("reading {name}")))?;
     report.archive = Some(name);
     report.ok = plan.tools.is_some().then_some(true);
     Ok(report)

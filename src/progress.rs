@@ -176,6 +176,17 @@ impl Cancel {
         }
     }
 
+    /// What an operation that failed after being cancelled reports: the cancel, whatever
+    /// error the unwinding produced on the way (a reader cut short looks like a damaged
+    /// archive to the code reading it).
+    pub fn explain(&self, err: crate::Error) -> crate::Error {
+        if self.is_cancelled() && err.kind() != crate::ErrorKind::Cancelled {
+            crate::Error::cancelled()
+        } else {
+            err
+        }
+    }
+
     /// `inner`, failing its next read once cancelled.
     pub fn reader<R: Read>(&self, inner: R) -> CancellableReader<R> {
         CancellableReader {
@@ -190,9 +201,20 @@ impl Cancel {
 #[error("cancelled")]
 pub struct Cancelled;
 
-/// True when `err` is (or wraps) a cancellation.
+/// True when `err` is, or wraps at any depth (tar and the decoders wrap what they read), a
+/// cancellation.
 pub fn is_cancelled_io(err: &io::Error) -> bool {
-    err.get_ref().is_some_and(|inner| inner.is::<Cancelled>())
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = err.get_ref().map(|e| e as _);
+    while let Some(e) = cur {
+        if e.is::<Cancelled>() {
+            return true;
+        }
+        cur = match e.downcast_ref::<io::Error>() {
+            Some(io) => io.get_ref().map(|e| e as _),
+            None => e.source(),
+        };
+    }
+    false
 }
 
 /// A reader that fails once its [`Cancel`] is set: the cheapest place to check, since every
@@ -250,7 +272,12 @@ mod tests {
         cancel.clone().cancel();
         let err = r.read(&mut buf).unwrap_err();
         assert!(is_cancelled_io(&err));
+        let nested = io::Error::other(io::Error::other(Cancelled));
+        assert!(is_cancelled_io(&nested));
+        assert!(!is_cancelled_io(&io::Error::other("damaged")));
         let lib = crate::Error::reading("reading", err);
         assert_eq!(lib.kind(), crate::ErrorKind::Cancelled);
+        let other = cancel.explain(crate::Error::corrupt("cut short"));
+        assert_eq!(other.kind(), crate::ErrorKind::Cancelled);
     }
 }

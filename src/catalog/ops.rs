@@ -309,6 +309,7 @@ pub fn execute_download(
         progress,
         cancel,
     )
+    .map_err(|e| cancel.explain(e))
 }
 
 // ---- delete and comment ---------------------------------------------------------------------

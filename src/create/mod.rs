@@ -282,6 +282,10 @@ pub fn plan(opts: CreateOptions) -> Result<Plan> {
 
 /// Makes the archive. A failure or a cancel leaves no file under the final name.
 pub fn execute(plan: Plan, progress: &dyn Progress, cancel: &Cancel) -> Result<CreateReport> {
+    make(plan, progress, cancel).map_err(|e| cancel.explain(e))
+}
+
+fn make(plan: Plan, progress: &dyn Progress, cancel: &Cancel) -> Result<CreateReport> {
     let started = Instant::now();
     cancel.check()?;
     let Plan {

@@ -450,7 +450,7 @@ pub fn execute(plan: Plan, progress: &dyn Progress, cancel: &Cancel) -> Result<R
         progress,
         cancel,
     )
-    .map_err(|e| e.context(format!("restoring {name}")))?;
+    .map_err(|e| cancel.explain(e).context(format!("restoring {name}")))?;
     report.seconds = started.elapsed().as_secs_f64();
     report.local = local_report;
     Ok(report)

@@ -234,6 +234,9 @@ pub(super) fn stage(
         )));
     }
     let mut warnings = report.warnings.clone();
+    for w in &warnings {
+        progress.warning(w);
+    }
     if report.container == Container::Tar && restore_db && report.dump_size.is_none() {
         return Err(Error::corrupt("the archive holds no database dump"));
     }

@@ -819,3 +819,80 @@ fn a_damaged_journal_is_reported_with_a_hint_and_nothing_changes() {
     assert_ne!(env.state(), old, "the prepared swap was not completed");
     env.assert_clean();
 }
+
+#[test]
+fn sigterm_during_a_restore_cancels_it_and_the_target_stays_old() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, _) = snapshot(dir.path(), &[]);
+    let bytes = std::fs::read(&archive).unwrap();
+    let env = Env::new("sigterm");
+    let old = env.state();
+    // The archive comes through a named pipe, so the restore waits, mid-read, for the rest.
+    let fifo = dir.path().join("incoming");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let url = env.db.url();
+    let child = mxsnap_cmd(&[
+        "restore",
+        fifo.to_str().unwrap(),
+        "--database",
+        &url,
+        "--files",
+        env.files.to_str().unwrap(),
+        "--yes",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let half = bytes.len() / 2;
+    pipe.write_all(&bytes[..half]).unwrap();
+    // Once the staging area exists the restore is under way.
+    let parent = env.files.parent().unwrap();
+    let staging = || {
+        std::fs::read_dir(parent).unwrap().any(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("mxsnap-work")
+        })
+    };
+    let t0 = std::time::Instant::now();
+    while !staging() {
+        assert!(
+            t0.elapsed().as_secs() < 60,
+            "the restore never began staging"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // The rest arrives slowly, long after the signal: the restore must stop, not finish.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    for chunk in bytes[half..].chunks(1024) {
+        if pipe.write_all(chunk).is_err() {
+            break; // the restore stopped reading
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(pipe);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("cancelled"), "{stderr}");
+    assert_eq!(env.state(), old, "a cancelled restore changed the target");
+    env.assert_clean();
+}
