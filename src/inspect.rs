@@ -321,66 +321,17 @@ impl Examiner<'_, '_> {
         let mut skip = String::new();
         seen.read_line(&mut skip)
             .map_err(|e| Error::io("reading back computed checksums", e))?;
-        let mut expected = manifest::read_entries(lines).peekable();
-        let mut actual = manifest::read_entries(seen).peekable();
-        let mut problems = Vec::new();
-        // Both lists are in the order mxsnap writes (.metadata, db/db.backup, tree/ sorted):
-        // a merge join names a missing or an extra member instead of every one after it.
-        loop {
-            let want = match expected.peek() {
-                Some(Err(e)) => {
-                    return Err(Error::corrupt(format!("the manifest is damaged: {e}")));
-                }
-                Some(Ok(w)) => Some(w.clone()),
-                None => None,
-            };
-            let got = match actual.peek() {
-                Some(Err(e)) => {
-                    return Err(Error::io(
-                        "reading back checksums",
-                        std::io::Error::other(e.clone()),
-                    ));
-                }
-                Some(Ok(g)) => Some(g.clone()),
-                None => None,
-            };
-            match (want, got) {
-                (None, None) => break,
-                (Some(w), g)
-                    if g.as_ref()
-                        .is_none_or(|g| order_key(&w.path) < order_key(&g.path)) =>
-                {
-                    problems.push(format!(
-                        "member {} is listed in the manifest but missing from the archive",
-                        w.path
-                    ));
-                    expected.next();
-                }
-                (w, Some(g))
-                    if w.as_ref()
-                        .is_none_or(|w| order_key(&g.path) < order_key(&w.path)) =>
-                {
-                    problems.push(format!(
-                        "member {} is in the archive but not in the manifest",
-                        g.path
-                    ));
-                    actual.next();
-                }
-                (Some(w), Some(g)) => {
-                    self.manifest_checked += 1;
-                    if let Some(p) = compare(&w, &g) {
-                        problems.push(p);
+        let (checked, problems) =
+            manifest::differences(manifest::read_entries(lines), manifest::read_entries(seen))
+                .map_err(|e| match e {
+                    manifest::Unreadable::Manifest(e) => {
+                        Error::corrupt(format!("the manifest is damaged: {e}"))
                     }
-                    expected.next();
-                    actual.next();
-                }
-                _ => unreachable!("one side is present"),
-            }
-            if problems.len() >= 10 {
-                problems.push("(further differences not listed)".into());
-                break;
-            }
-        }
+                    manifest::Unreadable::Computed(e) => {
+                        Error::io("reading back checksums", std::io::Error::other(e))
+                    }
+                })?;
+        self.manifest_checked += checked;
         if !problems.is_empty() {
             return Err(Error::corrupt(format!(
                 "the archive does not match its manifest:\n  {}",
@@ -390,37 +341,6 @@ impl Examiner<'_, '_> {
         }
         Ok(())
     }
-}
-
-/// The order mxsnap writes members in.
-fn order_key(path: &str) -> (u8, &str) {
-    match path {
-        METADATA => (0, path),
-        DUMP => (1, path),
-        _ => (2, path),
-    }
-}
-
-fn compare(want: &ManifestEntry, got: &ManifestEntry) -> Option<String> {
-    if want.path != got.path {
-        return Some(format!(
-            "the manifest expects member {} where the archive has {}",
-            want.path, got.path
-        ));
-    }
-    if want.size != got.size {
-        return Some(format!(
-            "member {} has {} bytes; the manifest says {}",
-            got.path, got.size, want.size
-        ));
-    }
-    if want.sha256 != got.sha256 {
-        return Some(format!(
-            "member {} has SHA-256 {}; the manifest says {}",
-            got.path, got.sha256, want.sha256
-        ));
-    }
-    None
 }
 
 impl Visitor for Examiner<'_, '_> {

@@ -133,9 +133,147 @@ pub fn read_entries<R: BufRead>(r: R) -> impl Iterator<Item = Result<ManifestEnt
     })
 }
 
+/// Why two entry lists could not be compared.
+#[derive(Debug)]
+pub enum Unreadable {
+    /// The manifest in the archive.
+    Manifest(String),
+    /// The entries computed while reading.
+    Computed(String),
+}
+
+/// Compares the manifest's entries (`expected`) with those computed while reading the archive
+/// (`actual`). Both are in the order mxsnap writes (`.metadata`, `db/db.backup`, `tree/`
+/// sorted), so a merge join names a missing or an extra member instead of every one after
+/// it. Returns how many members matched by name, and the differences (ten at most).
+pub fn differences(
+    expected: impl Iterator<Item = Result<ManifestEntry, String>>,
+    actual: impl Iterator<Item = Result<ManifestEntry, String>>,
+) -> Result<(u64, Vec<String>), Unreadable> {
+    let mut expected = expected.peekable();
+    let mut actual = actual.peekable();
+    let mut checked = 0;
+    let mut problems = Vec::new();
+    loop {
+        let want = match expected.peek() {
+            Some(Err(e)) => return Err(Unreadable::Manifest(e.clone())),
+            Some(Ok(w)) => Some(w.clone()),
+            None => None,
+        };
+        let got = match actual.peek() {
+            Some(Err(e)) => return Err(Unreadable::Computed(e.clone())),
+            Some(Ok(g)) => Some(g.clone()),
+            None => None,
+        };
+        match (want, got) {
+            (None, None) => break,
+            (Some(w), g)
+                if g.as_ref()
+                    .is_none_or(|g| order_key(&w.path) < order_key(&g.path)) =>
+            {
+                problems.push(format!(
+                    "member {} is listed in the manifest but missing from the archive",
+                    w.path
+                ));
+                expected.next();
+            }
+            (w, Some(g))
+                if w.as_ref()
+                    .is_none_or(|w| order_key(&g.path) < order_key(&w.path)) =>
+            {
+                problems.push(format!(
+                    "member {} is in the archive but not in the manifest",
+                    g.path
+                ));
+                actual.next();
+            }
+            (Some(w), Some(g)) => {
+                checked += 1;
+                if let Some(p) = compare(&w, &g) {
+                    problems.push(p);
+                }
+                expected.next();
+                actual.next();
+            }
+            (None, Some(_)) | (Some(_), None) => unreachable!("taken by the guards above"),
+        }
+        if problems.len() >= 10 {
+            problems.push("(further differences not listed)".into());
+            break;
+        }
+    }
+    Ok((checked, problems))
+}
+
+/// The order mxsnap writes members in.
+fn order_key(path: &str) -> (u8, &str) {
+    match path {
+        super::layout::METADATA => (0, path),
+        super::layout::DUMP => (1, path),
+        _ => (2, path),
+    }
+}
+
+fn compare(want: &ManifestEntry, got: &ManifestEntry) -> Option<String> {
+    if want.path != got.path {
+        return Some(format!(
+            "the manifest expects member {} where the archive has {}",
+            want.path, got.path
+        ));
+    }
+    if want.size != got.size {
+        return Some(format!(
+            "member {} has {} bytes; the manifest says {}",
+            got.path, got.size, want.size
+        ));
+    }
+    if want.sha256 != got.sha256 {
+        return Some(format!(
+            "member {} has SHA-256 {}; the manifest says {}",
+            got.path, got.sha256, want.sha256
+        ));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(path: &str, size: u64, sha: &str) -> Result<ManifestEntry, String> {
+        Ok(ManifestEntry {
+            path: path.into(),
+            size,
+            sha256: sha.into(),
+        })
+    }
+
+    #[test]
+    fn differences_name_the_missing_the_extra_and_the_changed() {
+        let expected = vec![
+            entry(".metadata", 10, "a"),
+            entry("db/db.backup", 20, "b"),
+            entry("tree/00/00/x", 1, "c"),
+            entry("tree/00/00/y", 1, "d"),
+        ];
+        let actual = vec![
+            entry(".metadata", 10, "a"),
+            entry("db/db.backup", 20, "B"),
+            entry("tree/00/00/w", 1, "e"),
+            entry("tree/00/00/y", 1, "d"),
+        ];
+        let (checked, problems) = differences(expected.into_iter(), actual.into_iter()).unwrap();
+        assert_eq!(checked, 3);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].contains("db/db.backup has SHA-256 B"));
+        assert!(problems[1].contains("tree/00/00/w is in the archive but not in the manifest"));
+        assert!(problems[2].contains("tree/00/00/x is listed in the manifest but missing"));
+        let damaged = vec![Err("bad line".to_string())];
+        assert!(matches!(
+            differences(damaged.into_iter(), std::iter::empty()),
+            Err(Unreadable::Manifest(_))
+        ));
+    }
     use std::io::{BufReader, Read};
 
     #[test]
