@@ -144,6 +144,28 @@ pub fn is_permission(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM))
 }
 
+/// Makes the child `cmd` starts die (SIGKILL) when the thread that started it ends, which
+/// includes mxsnap being killed: a `kill -9` of mxsnap must not leave pg_dump writing a spool
+/// that a later prune has already cleaned up. The spawning thread must wait for the child.
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getpid before the fork; in the child only async-signal-safe calls (prctl,
+    // getppid, _exit) between fork and exec.
+    let parent = unsafe { libc::getpid() };
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 extern "C" fn note_interrupt(signal: libc::c_int) {

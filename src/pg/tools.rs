@@ -48,6 +48,7 @@ fn run_captured(
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    crate::sys::die_with_parent(cmd);
     let mut child = cmd
         .spawn()
         .map_err(|e| Error::io(format!("starting {}", program.display()), e))?;
@@ -253,7 +254,9 @@ impl PgTools {
     /// `data` is read to its end even when pg_restore gives up early, so a caller hashing the
     /// stream still sees all of it.
     pub fn check_dump(&self, data: &mut dyn Read) -> Result<()> {
-        let mut child = Command::new(&self.pg_restore)
+        let mut cmd = Command::new(&self.pg_restore);
+        crate::sys::die_with_parent(&mut cmd);
+        let mut child = cmd
             .args(["--file", "/dev/null"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
