@@ -14,6 +14,7 @@ use crate::archive::layout::{DUMP, METADATA, Member};
 use crate::archive::manifest::{self, METADATA_LIMIT, ManifestEntry, ManifestSpool, Metadata};
 use crate::archive::reader::{Visitor, walk_tar};
 use crate::archive::{Compression, Input, Variant};
+use crate::crypt::Keys;
 use crate::error::{Error, Result};
 use crate::pg::PgTools;
 use crate::progress::{Cancel, Progress};
@@ -27,6 +28,9 @@ pub struct Report {
     /// `true` once verify found the archive complete and intact.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ok: Option<bool>,
+    /// Read through age decryption.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
     pub variant: Variant,
     pub compression: Compression,
     pub container: Container,
@@ -184,6 +188,7 @@ fn examine_dump(
     Ok(Report {
         archive: None,
         ok: None,
+        encrypted: false,
         variant: Variant::Database,
         compression: opened.detected.compression,
         container: Container::Dump,
@@ -504,6 +509,7 @@ fn examine_tar(
     Ok(Report {
         archive: None,
         ok: None,
+        encrypted: false,
         variant,
         compression,
         container: Container::Tar,
@@ -529,6 +535,8 @@ pub struct ReadOptions {
     pub verify: bool,
     /// Where `pg_restore` is, for verify.
     pub pg_bin: Option<PathBuf>,
+    /// What opens an encrypted archive.
+    pub keys: Keys,
 }
 
 /// An archive opened and peeked at, with the tools found.
@@ -544,6 +552,7 @@ pub struct ReadView {
     pub archive_bytes: Option<u64>,
     pub peek: Option<Peek>,
     pub verify: bool,
+    pub encrypted: bool,
 }
 
 impl ReadPlan {
@@ -553,6 +562,7 @@ impl ReadPlan {
             archive_bytes: self.input.size(),
             peek: self.input.peek().cloned(),
             verify: self.tools.is_some(),
+            encrypted: self.input.encrypted(),
         }
     }
 }
@@ -565,7 +575,7 @@ pub fn plan(opts: ReadOptions) -> Result<ReadPlan> {
         None
     };
     Ok(ReadPlan {
-        input: ArchiveInput::open(opts.source)?,
+        input: ArchiveInput::open(opts.source, &opts.keys)?,
         tools,
     })
 }
@@ -573,6 +583,7 @@ pub fn plan(opts: ReadOptions) -> Result<ReadPlan> {
 /// Reads the whole archive: describes it, and with verify proves it complete and intact.
 pub fn execute(plan: ReadPlan, progress: &dyn Progress, cancel: &Cancel) -> Result<Report> {
     let name = plan.input.name().to_string();
+    let encrypted = plan.input.encrypted();
     progress.stage(
         if plan.tools.is_some() {
             "verifying"
@@ -586,5 +597,11 @@ pub fn execute(plan: ReadPlan, progress: &dyn Progress, cancel: &Cancel) -> Resu
         .map_err(|e| cancel.explain(e).context(format!("reading {name}")))?;
     report.archive = Some(name);
     report.ok = plan.tools.is_some().then_some(true);
+    report.encrypted = encrypted;
+    if encrypted && plan.tools.is_some() {
+        report
+            .checks
+            .push("age encryption: every chunk authenticated, the last one present".to_string());
+    }
     Ok(report)
 }

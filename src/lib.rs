@@ -14,6 +14,7 @@
 pub mod archive;
 pub mod catalog;
 pub mod create;
+pub mod crypt;
 pub mod error;
 pub mod inspect;
 pub mod output;

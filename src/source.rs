@@ -2,15 +2,17 @@
 //! a plan peeks at its start, and its execution reads it from the beginning.
 
 use std::fs::File;
-use std::io::{self, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::archive::codec::read_full;
 use crate::archive::detect::{self, Container};
 use crate::archive::layout::METADATA;
 use crate::archive::manifest::Metadata;
 use crate::archive::{Compression, Input, Variant};
+use crate::crypt::{self, Keys};
 use crate::error::{Error, Result};
 
 /// Where an archive comes from.
@@ -82,30 +84,56 @@ pub fn peek(input: Input<'_>) -> Result<Peek> {
 }
 
 /// A source, opened: a regular file is peeked at (and so refused at once when it is not an
-/// archive), then read again from its start.
+/// archive), then read again from its start. An age-encrypted source is decrypted with the
+/// keys given, peek included.
 pub struct ArchiveInput {
     name: String,
     path: Option<PathBuf>,
     reader: ReaderKind,
     size: Option<u64>,
     peek: Option<Peek>,
+    encrypted: bool,
 }
 
 enum ReaderKind {
     File(File),
+    Sealed(crypt::Sealed<File>),
     Stream(Input<'static>),
 }
 
+/// Looks at the first bytes of `reader`: an age file is decrypted with `keys`.
+fn open_stream(
+    name: &str,
+    mut reader: Input<'static>,
+    keys: &Keys,
+) -> Result<(Input<'static>, bool)> {
+    let mut head = vec![0u8; crypt::AGE_MAGIC.len()];
+    let n =
+        read_full(&mut reader, &mut head).map_err(|e| Error::io(format!("reading {name}"), e))?;
+    head.truncate(n);
+    let rejoined: Input<'static> = Box::new(io::Cursor::new(head.clone()).chain(reader));
+    if crypt::is_encrypted(&head) {
+        Ok((Box::new(keys.open(rejoined, name, None)?), true))
+    } else {
+        Ok((rejoined, false))
+    }
+}
+
 impl ArchiveInput {
-    pub fn open(source: Source) -> Result<ArchiveInput> {
+    /// Opens `source`; `keys` open it when it is encrypted (and are not needed otherwise).
+    pub fn open(source: Source, keys: &Keys) -> Result<ArchiveInput> {
         match source {
-            Source::Stream { name, reader } => Ok(ArchiveInput {
-                name,
-                path: None,
-                reader: ReaderKind::Stream(reader),
-                size: None,
-                peek: None,
-            }),
+            Source::Stream { name, reader } => {
+                let (reader, encrypted) = open_stream(&name, reader, keys)?;
+                Ok(ArchiveInput {
+                    name,
+                    path: None,
+                    reader: ReaderKind::Stream(reader),
+                    size: None,
+                    peek: None,
+                    encrypted,
+                })
+            }
             Source::File(path) => {
                 let file = File::open(&path).map_err(|e| {
                     if e.kind() == io::ErrorKind::NotFound {
@@ -120,24 +148,38 @@ impl ArchiveInput {
                 let name = path.display().to_string();
                 if !meta.is_file() {
                     // A pipe given by name (`<(curl ...)`) can be read only once.
+                    let (reader, encrypted) = open_stream(&name, Box::new(file), keys)?;
                     return Ok(ArchiveInput {
                         name,
                         path: Some(path),
-                        reader: ReaderKind::Stream(Box::new(file)),
+                        reader: ReaderKind::Stream(reader),
                         size: None,
                         peek: None,
+                        encrypted,
                     });
                 }
-                let peeked = peek(Box::new(&file)).map_err(|e| e.context(&name))?;
-                (&file)
-                    .seek(SeekFrom::Start(0))
-                    .map_err(|e| Error::io(format!("rewinding {name}"), e))?;
+                let rewind = |e| Error::io(format!("rewinding {name}"), e);
+                let mut head = vec![0u8; crypt::AGE_MAGIC.len()];
+                let n = read_full(&mut &file, &mut head)
+                    .map_err(|e| Error::io(format!("reading {name}"), e))?;
+                (&file).seek(SeekFrom::Start(0)).map_err(rewind)?;
+                let (reader, peeked, encrypted) = if crypt::is_encrypted(&head[..n]) {
+                    let mut sealed = keys.open(file, &name, Some(meta.len()))?;
+                    let peeked = peek(Box::new(&mut sealed)).map_err(|e| e.context(&name))?;
+                    sealed.rewind().map_err(rewind)?;
+                    (ReaderKind::Sealed(sealed), peeked, true)
+                } else {
+                    let peeked = peek(Box::new(&file)).map_err(|e| e.context(&name))?;
+                    (&file).seek(SeekFrom::Start(0)).map_err(rewind)?;
+                    (ReaderKind::File(file), peeked, false)
+                };
                 Ok(ArchiveInput {
                     name,
                     path: Some(path),
-                    reader: ReaderKind::File(file),
+                    reader,
                     size: Some(meta.len()),
                     peek: Some(peeked),
+                    encrypted,
                 })
             }
         }
@@ -162,10 +204,16 @@ impl ArchiveInput {
         self.peek.as_ref()
     }
 
-    /// The bytes, from the start.
+    /// Whether it is age-encrypted (and read decrypted).
+    pub fn encrypted(&self) -> bool {
+        self.encrypted
+    }
+
+    /// The bytes (decrypted), from the start.
     pub fn into_reader(self) -> Input<'static> {
         match self.reader {
             ReaderKind::File(f) => Box::new(f),
+            ReaderKind::Sealed(r) => Box::new(r),
             ReaderKind::Stream(r) => r,
         }
     }

@@ -166,6 +166,43 @@ pub fn die_with_parent(cmd: &mut std::process::Command) {
     }
 }
 
+/// Asks `prompt` on the controlling terminal and reads a line with echo turned off (a
+/// passphrase). `None` when there is no terminal.
+pub fn read_secret(prompt: &str) -> Option<io::Result<String>> {
+    use std::io::{BufRead, Write};
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .ok()?;
+    let fd = tty.as_raw_fd();
+    // SAFETY: tcgetattr/tcsetattr on a terminal descriptor we own, with a struct we own.
+    let saved = unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(fd, &mut t) != 0 {
+            return None;
+        }
+        let saved = t;
+        t.c_lflag &= !libc::ECHO;
+        t.c_lflag |= libc::ECHONL;
+        libc::tcsetattr(fd, libc::TCSANOW, &t);
+        saved
+    };
+    let result = (|| {
+        let mut w = &tty;
+        w.write_all(prompt.as_bytes())?;
+        w.flush()?;
+        let mut line = String::new();
+        io::BufReader::new(&tty).read_line(&mut line)?;
+        Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    })();
+    // SAFETY: restoring the settings read above.
+    unsafe {
+        libc::tcsetattr(fd, libc::TCSANOW, &saved);
+    }
+    Some(result)
+}
+
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 extern "C" fn note_interrupt(signal: libc::c_int) {

@@ -59,7 +59,8 @@ fn tar_variant(block: &[u8]) -> Option<Variant> {
 /// Opens `raw` and works out what it is.
 pub fn open<'a>(mut raw: Input<'a>) -> Result<Opened<'a>> {
     let mut magic = vec![0u8; 512];
-    let n = read_full(&mut raw, &mut magic).map_err(|e| Error::io("reading the input", e))?;
+    // A decrypting input reports a damaged or cut file as an error here already.
+    let n = read_full(&mut raw, &mut magic).map_err(|e| Error::reading("reading the input", e))?;
     magic.truncate(n);
     if n == 0 {
         return Err(Error::not_an_archive("the input is empty"));

@@ -20,6 +20,7 @@ use crate::progress::{Cancel, Progress};
 #[allow(clippy::too_many_arguments)]
 pub(super) fn download(
     rec: &Record,
+    keys: &crate::crypt::Keys,
     source: &Path,
     variant: Variant,
     target: Option<&Path>,
@@ -64,7 +65,12 @@ pub(super) fn download(
             }
         }
         Variant::Database | Variant::Files => {
-            let opened = detect::open(Box::new(input))?;
+            let input: crate::archive::Input<'_> = if rec.encrypted_to.is_some() {
+                Box::new(keys.open(input, &format!("snapshot {}", rec.id), rec.archive_bytes)?)
+            } else {
+                Box::new(input)
+            };
+            let opened = detect::open(input)?;
             let mut content = opened.content;
             let mut visitor = Extractor {
                 variant,

@@ -47,6 +47,25 @@ pub struct Record {
     pub file_count: Option<u64>,
     /// The process making a Running snapshot, to tell a live one from a crashed one.
     pub pid: Option<u32>,
+    /// The age public keys the archive is encrypted to; `None` when it is not encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypted_to: Option<Vec<String>>,
+}
+
+/// What `mxsnap-repo.json` says: the format, and what is done to every new snapshot.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RepoConfig {
+    /// Encrypt every new snapshot to these age public keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub encrypt_to: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Marker {
+    format: String,
+    version: u32,
+    #[serde(flatten)]
+    config: RepoConfig,
 }
 
 /// The Backups API v1 view of a record, so scripts written for the cloud read it unchanged.
@@ -93,6 +112,8 @@ pub struct Details {
     pub file_count: Option<u64>,
     #[serde(rename = "ArchiveSHA256")]
     pub archive_sha256: Option<String>,
+    #[serde(rename = "EncryptedTo", skip_serializing_if = "Option::is_none")]
+    pub encrypted_to: Option<Vec<String>>,
 }
 
 impl Record {
@@ -110,6 +131,7 @@ impl Record {
             database_size: self.database_bytes,
             file_count: self.file_count,
             archive_sha256: self.archive_sha256.clone(),
+            encrypted_to: self.encrypted_to.clone(),
         }
     }
 
@@ -183,8 +205,14 @@ impl Repo {
                 fs::create_dir_all(&dir)
                     .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
             }
-            fs::write(&marker, br#"{"format":"mxsnap-repo","version":1}"#)
-                .map_err(|e| Error::io(format!("writing {}", marker.display()), e))?;
+            write_json_atomically(
+                &marker,
+                &Marker {
+                    format: "mxsnap-repo".into(),
+                    version: 1,
+                    config: RepoConfig::default(),
+                },
+            )?;
         }
         Ok(Repo {
             root: root.to_path_buf(),
@@ -217,6 +245,28 @@ impl Repo {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The catalogue's settings.
+    pub fn config(&self) -> Result<RepoConfig> {
+        let path = self.root.join(MARKER);
+        let data =
+            fs::read(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let marker: Marker = serde_json::from_slice(&data)
+            .map_err(|e| Error::environment(format!("{} is unreadable: {e}", path.display())))?;
+        Ok(marker.config)
+    }
+
+    pub(crate) fn set_config(&self, config: &RepoConfig) -> Result<()> {
+        let _lock = self.lock()?;
+        write_json_atomically(
+            &self.root.join(MARKER),
+            &Marker {
+                format: "mxsnap-repo".into(),
+                version: 1,
+                config: config.clone(),
+            },
+        )
     }
 
     /// The archive of a snapshot that can be restored or downloaded: a Completed one.

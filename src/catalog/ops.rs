@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::{Decision, Kind, Record, Repo, State, check_environment, current_user, retention};
 use crate::archive::{Compression, Variant, cloud_file_name};
 use crate::create::{self, CreateOptions, Output};
+use crate::crypt::{EncryptTo, Keys};
 use crate::error::Result;
 use crate::output::PendingFile;
 use crate::progress::{Cancel, Progress};
@@ -99,13 +100,28 @@ pub fn plan_create(req: SnapshotRequest) -> Result<CreatePlan> {
         )));
     }
     let id = uuid::Uuid::new_v4().to_string();
-    let archive = format!("{id}.tar.gz");
+    // A catalogue set to encrypt seals every snapshot to its recipients.
+    let encrypt_to = if Repo::exists(&req.repo) {
+        Repo::open(&req.repo, false)?.config()?.encrypt_to
+    } else {
+        Vec::new()
+    };
+    let encrypt = if encrypt_to.is_empty() {
+        None
+    } else {
+        Some(EncryptTo::recipients(&encrypt_to, &[])?)
+    };
+    let archive = match encrypt {
+        Some(_) => format!("{id}.tar.gz.age"),
+        None => format!("{id}.tar.gz"),
+    };
     let create = create::plan(CreateOptions {
         database: req.database.clone(),
         files: Some(req.files.clone()),
         model_version: req.model_version.clone(),
         comment: req.comment.clone(),
         pg_bin: req.pg_bin.clone(),
+        encrypt,
         ..CreateOptions::new(
             Variant::Full,
             Output::Path(req.repo.join("archives").join(&archive)),
@@ -157,6 +173,7 @@ pub fn execute_create(
         database_bytes: None,
         file_count: None,
         pid: Some(std::process::id()),
+        encrypted_to: None,
     };
     {
         let _lock = repo.lock()?;
@@ -177,6 +194,7 @@ pub fn execute_create(
             rec.files_bytes = report.files_size;
             rec.database_bytes = report.database_size;
             rec.file_count = report.files.map(|c| c.included);
+            rec.encrypted_to = report.encrypted_to;
             let all = repo.load_all(false)?;
             let mut snaps: Vec<_> = all
                 .iter()
@@ -210,6 +228,7 @@ pub enum DownloadTo {
 
 pub struct DownloadPlan {
     rec: Record,
+    keys: Keys,
     variant: Variant,
     source: PathBuf,
     /// The final name of the file written; `None` for a writer.
@@ -264,17 +283,32 @@ pub fn plan_download(
     variant: Variant,
     to: DownloadTo,
     force: bool,
+    keys: Keys,
 ) -> Result<DownloadPlan> {
     let repo = Repo::open(repo, false)?;
     let rec = repo.get(id, Tz::UTC)?;
     let source = repo.completed_archive(&rec, "there is nothing to download")?;
+    if rec.encrypted_to.is_some() && variant != Variant::Full && keys.is_empty() {
+        return Err(crate::Error::usage(format!(
+            "snapshot {} is encrypted: a {variant} download must decrypt it, and no key was given",
+            rec.id
+        ))
+        .with_hint(
+            "pass --identity KEYFILE, or download the full snapshot, which is handed over \
+             encrypted as stored",
+        ));
+    }
     let (target, writer) = match to {
         DownloadTo::Writer(w) => (None, Some(w)),
         DownloadTo::Path(p) => {
             let path = if p.is_dir() {
                 let tag = &rec.id.replace('-', "")[..8];
                 let stamp = rec.created_on.format("%Y%m%d%H%M").to_string();
-                p.join(cloud_file_name(variant, Compression::Gzip, tag, &stamp))
+                let mut name = cloud_file_name(variant, Compression::Gzip, tag, &stamp);
+                if rec.encrypted_to.is_some() && variant == Variant::Full {
+                    name.push_str(".age");
+                }
+                p.join(name)
             } else {
                 p
             };
@@ -284,6 +318,7 @@ pub fn plan_download(
     };
     Ok(DownloadPlan {
         rec,
+        keys,
         variant,
         source,
         target,
@@ -301,6 +336,7 @@ pub fn execute_download(
     progress.stage("downloading", plan.rec.archive_bytes);
     super::download::download(
         &plan.rec,
+        &plan.keys,
         &plan.source,
         plan.variant,
         plan.target.as_deref(),
@@ -441,4 +477,63 @@ pub fn execute_prune(plan: PrunePlan, cancel: &Cancel) -> Result<Vec<(Record, De
     cancel.check()?;
     plan.repo
         .prune(plan.environment.as_deref(), plan.now, plan.tz, false)
+}
+
+// ---- config ---------------------------------------------------------------------------------
+
+pub struct ConfigPlan {
+    repo: PathBuf,
+    before: super::RepoConfig,
+    after: super::RepoConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigPlanView {
+    pub repo: PathBuf,
+    pub repo_created: bool,
+    pub encrypt_to_before: Vec<String>,
+    pub encrypt_to: Vec<String>,
+}
+
+impl ConfigPlan {
+    pub fn view(&self) -> ConfigPlanView {
+        ConfigPlanView {
+            repo: self.repo.clone(),
+            repo_created: !Repo::exists(&self.repo),
+            encrypt_to_before: self.before.encrypt_to.clone(),
+            encrypt_to: self.after.encrypt_to.clone(),
+        }
+    }
+}
+
+/// Sets the catalogue to encrypt every new snapshot to `encrypt` (checked public keys), or to
+/// stop encrypting with `None`. Snapshots already written stay as they are.
+pub fn plan_config(repo: &Path, encrypt: Option<EncryptTo>) -> Result<ConfigPlan> {
+    let before = if Repo::exists(repo) {
+        Repo::open(repo, false)?.config()?
+    } else {
+        super::RepoConfig::default()
+    };
+    let encrypt_to = match encrypt {
+        None => Vec::new(),
+        Some(EncryptTo::Recipients(r)) => r.iter().map(|r| r.to_string()).collect(),
+        Some(EncryptTo::Passphrase(_)) => {
+            return Err(crate::Error::usage(
+                "a catalogue encrypts to public keys only: a passphrase would have to be kept \
+                 beside it for nightly snapshots",
+            ));
+        }
+    };
+    Ok(ConfigPlan {
+        repo: repo.to_path_buf(),
+        after: super::RepoConfig { encrypt_to },
+        before,
+    })
+}
+
+pub fn execute_config(plan: ConfigPlan, cancel: &Cancel) -> Result<super::RepoConfig> {
+    cancel.check()?;
+    let repo = Repo::open(&plan.repo, true)?;
+    repo.set_config(&plan.after)?;
+    Ok(plan.after)
 }

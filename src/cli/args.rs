@@ -98,6 +98,26 @@ pub enum SnapshotsAction {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Set what the catalogue does with every snapshot written to it: encrypt to age
+    /// recipients (made when missing).
+    Config {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Encrypt every new snapshot to this age public key; repeatable.
+        #[arg(long, value_name = "AGE1...")]
+        encrypt_to: Vec<String>,
+        /// Encrypt every new snapshot to the public keys in this recipients file.
+        #[arg(long, value_name = "FILE")]
+        encrypt_to_file: Vec<PathBuf>,
+        /// Stop encrypting new snapshots (those written stay as they are).
+        #[arg(long, conflicts_with_all = ["encrypt_to", "encrypt_to_file"])]
+        no_encryption: bool,
+        #[arg(long)]
+        json: bool,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// List snapshots (--json: the Backups API v1 fields).
     List {
         #[command(flatten)]
@@ -147,6 +167,10 @@ pub enum SnapshotsAction {
         force: bool,
         #[arg(long)]
         json: bool,
+        /// Opens an encrypted snapshot for a database or files download (a full one is
+        /// handed over encrypted, as stored).
+        #[command(flatten)]
+        keys: KeyArgs,
         /// Print the plan and change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -226,6 +250,8 @@ pub struct TargetArgs {
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub keys: KeyArgs,
 }
 
 #[derive(Debug, Args)]
@@ -321,6 +347,8 @@ pub struct CreateArgs {
     /// Replace the output file if it exists.
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub encrypt: EncryptArgs,
     /// Print one JSON summary object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -337,6 +365,36 @@ pub struct ReadArgs {
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+/// What opens an encrypted (age) archive.
+#[derive(Debug, Args, Clone, Default)]
+pub struct KeyArgs {
+    /// An age identity file (as age-keygen writes it) holding a recipient's private key;
+    /// repeatable.
+    #[arg(long, value_name = "KEYFILE")]
+    pub identity: Vec<PathBuf>,
+    /// The archive is sealed with a passphrase: take it from MXSNAP_PASSPHRASE, or ask on the
+    /// terminal (MXSNAP_PASSPHRASE, when set, is always tried).
+    #[arg(long)]
+    pub passphrase: bool,
+}
+
+/// To whom a new archive is sealed (age).
+#[derive(Debug, Args, Clone, Default)]
+pub struct EncryptArgs {
+    /// Encrypt to this age public key (age1...); repeatable.
+    #[arg(long, value_name = "AGE1...")]
+    pub encrypt_to: Vec<String>,
+    /// Encrypt to every public key in this recipients file; repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub encrypt_to_file: Vec<PathBuf>,
+    /// Encrypt with a passphrase, from MXSNAP_PASSPHRASE or asked twice on the terminal
+    /// (never on the command line).
+    #[arg(long, conflicts_with_all = ["encrypt_to", "encrypt_to_file"])]
+    pub encrypt_passphrase: bool,
 }
 
 #[derive(Debug, Args)]

@@ -180,3 +180,57 @@ pub fn print_steps(o: &mut Out, steps: &[String]) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// The passphrase from MXSNAP_PASSPHRASE, else asked on the terminal (twice when `confirm`).
+pub fn passphrase(confirm: bool) -> anyhow::Result<String> {
+    if let Ok(p) = std::env::var("MXSNAP_PASSPHRASE") {
+        return Ok(p);
+    }
+    let ask = |prompt: &str| -> anyhow::Result<String> {
+        match mxsnap::sys::read_secret(prompt) {
+            Some(answer) => Ok(answer?),
+            None => anyhow::bail!(
+                mxsnap::Error::usage("a passphrase is needed and there is no terminal to ask on")
+                    .with_hint("set MXSNAP_PASSPHRASE")
+            ),
+        }
+    };
+    let first = ask("mxsnap: passphrase: ")?;
+    if confirm && ask("mxsnap: the same passphrase again: ")? != first {
+        anyhow::bail!(mxsnap::Error::usage(
+            "the two passphrases differ; nothing was done"
+        ));
+    }
+    Ok(first)
+}
+
+/// What opens encrypted archives, from `--identity`, `--passphrase` and MXSNAP_PASSPHRASE.
+pub fn keys(args: &crate::cli::args::KeyArgs) -> anyhow::Result<mxsnap::crypt::Keys> {
+    let mut keys = mxsnap::crypt::Keys::none();
+    for path in &args.identity {
+        keys.add_identity_file(path)?;
+    }
+    if args.passphrase || std::env::var_os("MXSNAP_PASSPHRASE").is_some() {
+        keys.set_passphrase(passphrase(false)?);
+    }
+    Ok(keys)
+}
+
+/// To whom a new archive is sealed, from `--encrypt-to`, `--encrypt-to-file` and
+/// `--encrypt-passphrase`; `None` for no encryption.
+pub fn encrypt_to(
+    args: &crate::cli::args::EncryptArgs,
+) -> anyhow::Result<Option<mxsnap::crypt::EncryptTo>> {
+    if args.encrypt_passphrase {
+        return Ok(Some(mxsnap::crypt::EncryptTo::passphrase(passphrase(
+            true,
+        )?)?));
+    }
+    if args.encrypt_to.is_empty() && args.encrypt_to_file.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(mxsnap::crypt::EncryptTo::recipients(
+        &args.encrypt_to,
+        &args.encrypt_to_file,
+    )?))
+}

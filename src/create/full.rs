@@ -125,15 +125,15 @@ impl DumpJob<'_> {
 /// into a [`Relay`]: spilled to disk until the leading part is in the output, then copied
 /// after it, and from then on written straight to the output. Joined, the parts are one
 /// valid gzip or zstd stream of one tar.
-pub(super) fn write_full(
+pub(super) fn write_full<W: Write + Send>(
     job: &DumpJob<'_>,
     selection: &Selection,
     store: &Path,
-    sink: Box<dyn Write + Send>,
+    sink: W,
     options: &TarOptions,
     progress: &dyn Progress,
     cancel: &Cancel,
-) -> Result<(Dumped, Written)> {
+) -> Result<(Dumped, Written, W)> {
     progress.stage_with_files(
         "dumping the database and writing the files",
         Some(selection.total_bytes),
@@ -173,7 +173,7 @@ pub(super) fn write_full(
         let (relay, trailing_written) = trailing?.finish_trailing(&entries).map_err(writing)?;
         let mut out = relay.finish().map_err(writing)?;
         out.flush().map_err(writing)?;
-        let (_, output_bytes, output_sha256) = out.into_parts();
+        let (sink, output_bytes, output_sha256) = out.into_parts();
         Ok((
             dumped,
             Written {
@@ -182,6 +182,7 @@ pub(super) fn write_full(
                 output_bytes,
                 output_sha256,
             },
+            sink,
         ))
     })
 }
@@ -282,13 +283,13 @@ fn open_store_file(path: &Path, size: u64) -> Result<(File, u64)> {
     Ok((file, mtime))
 }
 
-/// Copies the spooled dump to a stream output.
-pub(super) fn copy_dump(
+/// Copies the spooled dump to the output (a stream, or an encrypted file).
+pub(super) fn copy_dump<W: Write>(
     dumped: &Dumped,
-    mut out: Box<dyn Write + Send>,
+    mut out: W,
     progress: &dyn Progress,
     cancel: &Cancel,
-) -> Result<Written> {
+) -> Result<(Written, W)> {
     use sha2::{Digest, Sha256};
     let spool = dumped
         .spool
@@ -310,12 +311,13 @@ pub(super) fn copy_dump(
         PumpError::Write(e) => Error::io("writing the dump", e),
     })?;
     out.flush().map_err(|e| Error::io("writing the dump", e))?;
-    Ok(Written {
+    let written = Written {
         members: 1,
         content_bytes: dumped.size,
         output_bytes: dumped.size,
         output_sha256: crate::archive::writer::hex(&hasher.finalize()),
-    })
+    };
+    Ok((written, out))
 }
 
 pub(super) fn sha256_of_file(path: &Path, cancel: &Cancel) -> Result<String> {
@@ -333,4 +335,57 @@ pub(super) fn sha256_of_file(path: &Path, cancel: &Cancel) -> Result<String> {
         }
     })?;
     Ok(crate::archive::writer::hex(&hasher.finalize()))
+}
+
+/// The archive's way out: the file or stream as it is, or sealed with age. Sealed, what the
+/// archive writers count and hash is the plaintext, so the file's own size and SHA-256 (what
+/// a catalogue records and checks) are taken here, below the encryption.
+pub(super) enum OutputSink {
+    Plain(Box<dyn Write + Send>),
+    Sealed(age::stream::StreamWriter<Tally<Box<dyn Write + Send>>>),
+}
+
+impl OutputSink {
+    pub fn new(
+        out: Box<dyn Write + Send>,
+        encrypt: Option<&crate::crypt::EncryptTo>,
+    ) -> Result<Self> {
+        Ok(match encrypt {
+            None => OutputSink::Plain(out),
+            Some(to) => OutputSink::Sealed(to.seal(Tally::new(out)).map_err(writing)?),
+        })
+    }
+
+    /// Ends the output: for a sealed one, the last chunk; then the bytes and SHA-256 of
+    /// what reached the file, when they differ from what the writers saw.
+    pub fn finish(self) -> Result<Option<(u64, String)>> {
+        match self {
+            OutputSink::Plain(mut out) => {
+                out.flush().map_err(writing)?;
+                Ok(None)
+            }
+            OutputSink::Sealed(sealed) => {
+                let mut tally = sealed.finish().map_err(writing)?;
+                tally.flush().map_err(writing)?;
+                let (_, bytes, sha) = tally.into_parts();
+                Ok(Some((bytes, sha)))
+            }
+        }
+    }
+}
+
+impl Write for OutputSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            OutputSink::Plain(w) => w.write(buf),
+            OutputSink::Sealed(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            OutputSink::Plain(w) => w.flush(),
+            OutputSink::Sealed(w) => w.flush(),
+        }
+    }
 }

@@ -18,12 +18,13 @@ use serde::Serialize;
 
 use crate::archive::writer::{TarOptions, TarWriter, Written};
 use crate::archive::{Compression, Variant, cloud_file_name};
+use crate::crypt::EncryptTo;
 use crate::error::{Error, Result};
 use crate::output::PendingFile;
 use crate::pg::{ConnSpec, PgTools, Session};
 use crate::progress::{Cancel, Progress};
 use crate::store::{self, FileCounts, Selection};
-use full::{DumpJob, MetadataFacts};
+use full::{DumpJob, MetadataFacts, OutputSink};
 
 /// Where the archive goes.
 pub enum Output {
@@ -63,6 +64,8 @@ pub struct CreateOptions {
     /// Also keep the (full archive's) dump as a database-only file here: the same dump, so the
     /// pair is consistent. The dump then keeps pg_dump's own compression.
     pub keep_dump_as: Option<PathBuf>,
+    /// Seal the output with age to these recipients (or a passphrase).
+    pub encrypt: Option<EncryptTo>,
 }
 
 impl CreateOptions {
@@ -82,6 +85,7 @@ impl CreateOptions {
             pg_bin: None,
             force: false,
             keep_dump_as: None,
+            encrypt: None,
         }
     }
 }
@@ -108,6 +112,9 @@ pub struct CreateReport {
     pub warnings: Vec<String>,
     /// The database-only file kept with `keep_dump_as`.
     pub dump_file: Option<PathBuf>,
+    /// Who can open the archive when it is encrypted: public keys, or "passphrase".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encrypted_to: Option<Vec<String>>,
 }
 
 pub use crate::archive::manifest::UNKNOWN_MODEL_VERSION;
@@ -137,6 +144,8 @@ pub struct PlanView {
     /// "referenced" (system$filedocument, when the database has it), "all", or none.
     pub file_selection: Option<&'static str>,
     pub manifest: bool,
+    /// Public keys (or "passphrase") the output is sealed to.
+    pub encrypted_to: Option<Vec<String>>,
     pub steps: Vec<String>,
 }
 
@@ -195,6 +204,12 @@ impl Plan {
                 }
             ),
         });
+        if let Some(to) = &o.encrypt {
+            steps.push(format!(
+                "seal it with age (encrypted to {})",
+                to.describe().join(", ")
+            ));
+        }
         if self.target.is_some() {
             steps.push("sync it, then give it its final name (mode 0600)".to_string());
         }
@@ -207,6 +222,7 @@ impl Plan {
             files: o.files.clone(),
             file_selection,
             manifest: o.variant != Variant::Database && !o.strict_layout,
+            encrypted_to: o.encrypt.as_ref().map(EncryptTo::describe),
             steps,
         }
     }
@@ -263,7 +279,11 @@ pub fn plan(opts: CreateOptions) -> Result<Plan> {
         Output::Writer(_) => None,
         Output::Path(p) if p.is_dir() => {
             let (tag, stamp) = crate::archive::new_tag_and_stamp();
-            Some(p.join(cloud_file_name(variant, opts.compression, &tag, &stamp)))
+            let mut name = cloud_file_name(variant, opts.compression, &tag, &stamp);
+            if opts.encrypt.is_some() {
+                name.push_str(".age");
+            }
+            Some(p.join(name))
         }
         Output::Path(p) => Some(p.clone()),
     };
@@ -379,8 +399,8 @@ fn make(plan: Plan, progress: &dyn Progress, cancel: &Cancel) -> Result<CreateRe
                 _ => None,
             },
             // pg_dump writes a database-only file straight into the pending output.
-            direct_to: match (variant, &pending) {
-                (Variant::Database, Some(p)) => Some(p.path()),
+            direct_to: match (variant, &pending, &opts.encrypt) {
+                (Variant::Database, Some(p), None) => Some(p.path()),
                 _ => None,
             },
             target: target.as_deref(),
@@ -395,7 +415,7 @@ fn make(plan: Plan, progress: &dyn Progress, cancel: &Cancel) -> Result<CreateRe
         _ => None,
     };
     // The output, as one writer type for every case.
-    let sink: Box<dyn Write + Send> = match (&pending, opts.output) {
+    let out: Box<dyn Write + Send> = match (&pending, opts.output) {
         (Some(p), _) => Box::new(p.writer()?),
         (None, Output::Writer(w)) => Box::new(io::BufWriter::with_capacity(
             crate::archive::codec::IO_BUFFER,
@@ -403,6 +423,7 @@ fn make(plan: Plan, progress: &dyn Progress, cancel: &Cancel) -> Result<CreateRe
         )),
         (None, Output::Path(_)) => unreachable!("a path output is a pending file"),
     };
+    let sink = OutputSink::new(out, opts.encrypt.as_ref())?;
     let needs = |what: &str| Error::environment(format!("internal: the create has no {what}"));
 
     let (dumped, written) = match variant {
@@ -410,9 +431,9 @@ fn make(plan: Plan, progress: &dyn Progress, cancel: &Cancel) -> Result<CreateRe
             progress.stage("dumping the database", None);
             let job = dump_job.as_ref().ok_or_else(|| needs("dump job"))?;
             let dumped = job.run(progress)?;
-            let written = match &pending {
+            let written = match (&pending, job.direct_to) {
                 // pg_dump wrote straight into the pending file.
-                Some(p) => {
+                (Some(p), Some(_)) => {
                     drop(sink);
                     Written {
                         members: 1,
@@ -421,7 +442,10 @@ fn make(plan: Plan, progress: &dyn Progress, cancel: &Cancel) -> Result<CreateRe
                         output_sha256: full::sha256_of_file(p.path(), cancel)?,
                     }
                 }
-                None => full::copy_dump(&dumped, sink, progress, cancel)?,
+                _ => {
+                    let (written, sink) = full::copy_dump(&dumped, sink, progress, cancel)?;
+                    sealed(written, sink)?
+                }
             };
             (Some(dumped), written)
         }
@@ -435,17 +459,16 @@ fn make(plan: Plan, progress: &dyn Progress, cancel: &Cancel) -> Result<CreateRe
             );
             let mut tar = TarWriter::new(sink, &tar_options, progress).map_err(full::writing)?;
             full::append_files(&mut tar, store, sel, progress, cancel)?;
-            let (mut out, written) = tar.finish().map_err(full::writing)?;
-            out.flush().map_err(full::writing)?;
-            (None, written)
+            let (out, written) = tar.finish().map_err(full::writing)?;
+            (None, sealed(written, out)?)
         }
         Variant::Full => {
             let job = dump_job.as_ref().ok_or_else(|| needs("dump job"))?;
             let sel = selection.as_ref().ok_or_else(|| needs("file selection"))?;
             let store = opts.files.as_deref().ok_or_else(|| needs("file store"))?;
-            let (dumped, written) =
+            let (dumped, written, sink) =
                 full::write_full(job, sel, store, sink, &tar_options, progress, cancel)?;
-            (Some(dumped), written)
+            (Some(dumped), sealed(written, sink)?)
         }
     };
     if let (Some(s), Some(_)) = (&session, &snapshot) {
@@ -501,7 +524,17 @@ fn make(plan: Plan, progress: &dyn Progress, cancel: &Cancel) -> Result<CreateRe
         seconds: started.elapsed().as_secs_f64(),
         warnings,
         dump_file,
+        encrypted_to: opts.encrypt.as_ref().map(EncryptTo::describe),
     })
+}
+
+/// Ends the output; a sealed one's file is what was written, not the plaintext.
+fn sealed(mut written: Written, sink: OutputSink) -> Result<Written> {
+    if let Some((bytes, sha)) = sink.finish()? {
+        written.output_bytes = bytes;
+        written.output_sha256 = sha;
+    }
+    Ok(written)
 }
 
 fn selection_warnings(sel: &Selection) -> Vec<String> {

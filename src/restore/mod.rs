@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::archive::Variant;
+use crate::crypt::Keys;
 use crate::error::{Error, Result};
 use crate::pg::{PgTools, Session};
 use crate::progress::{Cancel, Progress};
@@ -46,6 +47,8 @@ pub struct RestoreOptions {
     /// The target's model version, for the older-model warning.
     pub model_version: Option<String>,
     pub pg_bin: Option<PathBuf>,
+    /// What opens an encrypted archive.
+    pub keys: Keys,
 }
 
 /// What a restore will do, decided before anything changes; its [`view`](Plan::view) is the
@@ -98,6 +101,8 @@ pub struct PlanView {
     pub peek: Option<Peek>,
     /// Free bytes where the staging copies go.
     pub free_bytes: Option<u64>,
+    /// Read through age decryption.
+    pub encrypted: bool,
     /// The local environment, when restoring into one, and whether it must be made first.
     pub local: Option<PathBuf>,
     pub local_created: bool,
@@ -187,6 +192,7 @@ impl Plan {
             archive_bytes: self.input.size(),
             peek: self.input.peek().cloned(),
             free_bytes: self.free_bytes,
+            encrypted: self.input.encrypted(),
             local: self.local.as_ref().map(|l| l.dir.clone()),
             local_created: self.local.as_ref().is_some_and(|l| l.env.is_none()),
             database,
@@ -272,7 +278,7 @@ fn db_name(base: &str, suffix: &str) -> String {
 /// stopped is only described.
 pub fn plan(opts: RestoreOptions) -> Result<Plan> {
     // Say "not an archive" before touching the environment.
-    let input = ArchiveInput::open(opts.source)?;
+    let input = ArchiveInput::open(opts.source, &opts.keys)?;
     if let (Some(wanted), Some(found)) = (opts.variant, input.peek().and_then(|p| p.variant)) {
         if !found.holds(wanted) {
             return Err(found.wrong_variant(wanted));

@@ -30,6 +30,7 @@ fn restore_options(env: &Env, archive: &Path) -> RestoreOptions {
         keep_previous: false,
         model_version: None,
         pg_bin: Some(crate::harness::pg_bin()),
+        keys: mxsnap::crypt::Keys::none(),
     }
 }
 

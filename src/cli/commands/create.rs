@@ -42,6 +42,7 @@ pub fn run(args: &CreateArgs, quiet: bool) -> anyhow::Result<()> {
         pg_bin: args.pg_bin.clone(),
         force: args.force,
         keep_dump_as: None,
+        encrypt: ui::encrypt_to(&args.encrypt)?,
     })
     .context("creating the snapshot")?;
     if args.dry_run {

@@ -16,6 +16,7 @@ pub fn run(args: &ReadArgs, pg_bin: Option<Option<PathBuf>>, quiet: bool) -> any
         source: Source::from_arg(&args.archive),
         verify,
         pg_bin: pg_bin.flatten(),
+        keys: ui::keys(&args.keys)?,
     })?;
     let reporter = Reporter::new(quiet);
     let report = inspect::execute(plan, &reporter, &ui::interrupt_cancel());

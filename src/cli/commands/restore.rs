@@ -28,6 +28,7 @@ pub fn run(args: &TargetArgs, source: Source, quiet: bool) -> anyhow::Result<()>
         keep_previous: args.keep_previous,
         model_version: args.model_version.clone(),
         pg_bin: args.pg_bin.clone(),
+        keys: ui::keys(&args.keys)?,
     })?;
     if args.dry_run {
         return print_plan(&plan.view(), args.json);

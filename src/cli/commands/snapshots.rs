@@ -81,6 +81,51 @@ pub fn run(action: &A, quiet: bool) -> anyhow::Result<()> {
                 );
             }
         }
+        A::Config {
+            repo,
+            encrypt_to,
+            encrypt_to_file,
+            no_encryption,
+            json,
+            dry_run,
+        } => {
+            let encrypt = if *no_encryption {
+                None
+            } else {
+                Some(mxsnap::crypt::EncryptTo::recipients(
+                    encrypt_to,
+                    encrypt_to_file,
+                )?)
+            };
+            let plan = ops::plan_config(&repo.repo, encrypt)?;
+            if *dry_run {
+                let view = plan.view();
+                return ui::print_plan(&view, *json, |o| {
+                    writeln!(
+                        o,
+                        "  {}: encrypt new snapshots to {}{}",
+                        view.repo.display(),
+                        describe_keys(&view.encrypt_to),
+                        if view.repo_created {
+                            " (the catalogue is made first)"
+                        } else {
+                            ""
+                        }
+                    )
+                });
+            }
+            let config = ops::execute_config(plan, &cancel)?;
+            if *json {
+                return ui::print_json(&config);
+            }
+            if !quiet {
+                eprintln!(
+                    "mxsnap: {}: new snapshots are encrypted to {}",
+                    repo.repo.display(),
+                    describe_keys(&config.encrypt_to)
+                );
+            }
+        }
         A::List {
             repo,
             environment,
@@ -154,6 +199,7 @@ pub fn run(action: &A, quiet: bool) -> anyhow::Result<()> {
             output,
             force,
             json,
+            keys,
             dry_run,
         } => {
             let to = if output == Path::new("-") {
@@ -161,7 +207,7 @@ pub fn run(action: &A, quiet: bool) -> anyhow::Result<()> {
             } else {
                 DownloadTo::Path(output.clone())
             };
-            let plan = ops::plan_download(&repo.repo, id, *variant, to, *force)?;
+            let plan = ops::plan_download(&repo.repo, id, *variant, to, *force, ui::keys(keys)?)?;
             if *dry_run {
                 let view = plan.view();
                 return ui::print_plan(&view, *json, |o| ui::print_steps(o, &view.steps));
@@ -208,6 +254,14 @@ pub fn run(action: &A, quiet: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn describe_keys(keys: &[String]) -> String {
+    if keys.is_empty() {
+        "nobody (not encrypted)".to_string()
+    } else {
+        keys.join(", ")
+    }
 }
 
 fn print_list(recs: &[Record], tz: Tz) -> io::Result<()> {
@@ -273,7 +327,11 @@ fn print_show(r: &Record, tz: Tz) -> io::Result<()> {
         o,
         "SHA-256:        {}",
         r.archive_sha256.as_deref().unwrap_or("-")
-    )
+    )?;
+    if let Some(keys) = &r.encrypted_to {
+        writeln!(o, "Encrypted to:   {}", keys.join(", "))?;
+    }
+    Ok(())
 }
 
 fn print_prune(
