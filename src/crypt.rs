@@ -238,7 +238,11 @@ pub struct Sealed<R: Read> {
 
 impl<R: Read> Sealed<R> {
     fn diagnose(&self, err: io::Error) -> io::Error {
-        let chunk = self.plain_pos / CHUNK;
+        self.diagnose_at(self.plain_pos / CHUNK, err)
+    }
+
+    /// Names what the failure of chunk `chunk` (counted from 0) means.
+    fn diagnose_at(&self, chunk: u64, err: io::Error) -> io::Error {
         let chunks = self
             .len
             .map(|len| len.saturating_sub(self.header_len).div_ceil(SEALED_CHUNK));
@@ -293,11 +297,28 @@ impl<R: Read> Read for Sealed<R> {
 }
 
 impl<R: Read + Seek> Sealed<R> {
-    /// Back to the start of the plaintext (after a peek).
+    /// Back to the start of the plaintext (after a peek). Seeking makes age read the last
+    /// chunk, so a cut file is found here.
     pub fn rewind(&mut self) -> io::Result<()> {
-        self.inner.seek(SeekFrom::Start(0))?;
-        self.plain_pos = 0;
-        Ok(())
+        match self.inner.seek(SeekFrom::Start(0)) {
+            Ok(_) => {
+                self.plain_pos = 0;
+                Ok(())
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                let last = self
+                    .len
+                    .map(|len| len.saturating_sub(self.header_len).div_ceil(SEALED_CHUNK))
+                    .unwrap_or(1);
+                Err(self.diagnose_at(last.saturating_sub(1), e))
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -158,7 +158,7 @@ impl ArchiveInput {
                         encrypted,
                     });
                 }
-                let rewind = |e| Error::io(format!("rewinding {name}"), e);
+                let rewind = |e| Error::reading(format!("reading {name}"), e);
                 let mut head = vec![0u8; crypt::AGE_MAGIC.len()];
                 let n = read_full(&mut &file, &mut head)
                     .map_err(|e| Error::io(format!("reading {name}"), e))?;

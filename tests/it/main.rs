@@ -7,6 +7,7 @@ mod support;
 mod catalog;
 mod cli;
 mod create;
+mod crypt;
 mod operations;
 mod prepare;
 mod restore;
