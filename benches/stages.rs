@@ -73,6 +73,7 @@ fn tar_stage(c: &mut Criterion) {
                 variant: Variant::Files,
                 manifest: true,
                 comment: None,
+                hash_output: true,
             };
             let mut w = TarWriter::new(std::io::sink(), &options, &Silent).unwrap();
             for name in &names {

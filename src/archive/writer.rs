@@ -31,7 +31,7 @@ impl<W: Write> Tally<W> {
         }
     }
 
-    fn counting(inner: W) -> Self {
+    pub fn counting(inner: W) -> Self {
         Tally {
             inner,
             count: 0,
@@ -88,6 +88,9 @@ pub struct TarOptions {
     pub manifest: bool,
     /// Recorded in the manifest header.
     pub comment: Option<String>,
+    /// Hash the output as written (its SHA-256 in [`Written`]); off when something further
+    /// out (an encryption layer) changes the bytes and hashes them itself.
+    pub hash_output: bool,
 }
 
 /// Writes one snapshot tar through a compressor, whole or in two parts.
@@ -128,7 +131,12 @@ pub struct MemberInfo<'a> {
 
 impl<'p, W: Write> TarWriter<'p, W> {
     pub fn new(out: W, options: &TarOptions, progress: &'p dyn Progress) -> io::Result<Self> {
-        Self::build(Tally::new(out), options, progress, false)
+        let out = if options.hash_output {
+            Tally::new(out)
+        } else {
+            Tally::counting(out)
+        };
+        Self::build(out, options, progress, false)
     }
 
     /// The leading part of an archive: see [`finish_leading`](TarWriter::finish_leading).
@@ -355,6 +363,7 @@ mod tests {
             variant: Variant::Files,
             manifest: true,
             comment: None,
+            hash_output: true,
         }
     }
 

@@ -86,6 +86,7 @@ pub(super) fn download(
                     variant: Variant::Files,
                     manifest: true,
                     comment: rec.comment.clone(),
+                    hash_output: false,
                 };
                 let sink = visitor.sink.take().expect("set above");
                 visitor.tar = Some(

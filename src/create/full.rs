@@ -149,9 +149,13 @@ pub(super) fn write_full<W: Write + Send>(
     std::thread::scope(|scope| {
         let leading = scope.spawn(move || -> Result<_> {
             let dumped = job.run(progress)?;
-            let mut tar =
-                TarWriter::leading_part(Tally::new(sink), options, &crate::progress::Silent)
-                    .map_err(writing)?;
+            let sink = if options.hash_output {
+                Tally::new(sink)
+            } else {
+                Tally::counting(sink)
+            };
+            let mut tar = TarWriter::leading_part(sink, options, &crate::progress::Silent)
+                .map_err(writing)?;
             append_dump(&mut tar, &job.metadata(&dumped), &dumped)?;
             let (out, written, entries) = tar.finish_leading().map_err(writing)?;
             // The trailing part's relay notices on its next write, or waits in finish.

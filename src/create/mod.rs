@@ -385,6 +385,8 @@ fn make(plan: Plan, progress: &dyn Progress, cancel: &Cancel) -> Result<CreateRe
         variant,
         manifest: !opts.strict_layout,
         comment: opts.comment.clone(),
+        // Sealed, the file's own hash is taken below the encryption (OutputSink).
+        hash_output: opts.encrypt.is_none(),
     };
     let dump_job = match (&tools, &spec) {
         (Some(tools), Some(spec)) => Some(DumpJob {

@@ -77,6 +77,11 @@ fn print_plan_text(o: &mut ui::Out, view: &restore::PlanView) -> std::io::Result
         },
         view.archive_bytes
             .map_or(String::new(), |s| format!(", {}", human(s)))
+            + if view.encrypted {
+                ", age-encrypted"
+            } else {
+                ""
+            }
     )?;
     if let Some(m) = peek.and_then(|p| p.metadata.as_ref()) {
         writeln!(
