@@ -378,6 +378,8 @@ fn a_local_environment_is_planned_made_stopped_and_started() {
         ok(mxsnap(&v)).json()["running"].as_bool().unwrap()
     };
     assert!(status(&[]));
+    assert_quiet_pipe_end(&["env", "status", env_s]);
+    assert_quiet_pipe_end(&["env", "status", env_s, "--json"]);
 
     // A dry run of stop leaves it running; a real one stops it.
     let run = ok(mxsnap(&["env", "stop", env_s, "--dry-run"]));

@@ -42,6 +42,20 @@ impl Env {
         (self.db.checksums(), tree_hashes(&self.files))
     }
 
+    /// The command of a confirmed restore of `archive` into this environment, not run yet.
+    pub fn restore_cmd(&self, archive: &Path) -> Command {
+        let url = self.db.url();
+        mxsnap_cmd(&[
+            "restore",
+            archive.to_str().unwrap(),
+            "--database",
+            &url,
+            "--files",
+            self.files.to_str().unwrap(),
+            "--yes",
+        ])
+    }
+
     pub fn restore(&self, archive: &Path, extra: &[&str]) -> Run {
         let url = self.db.url();
         let mut args = vec![
@@ -689,19 +703,11 @@ fn crash_at(point: &str, expect_new: bool) {
     let (archive, new_rows) = snapshot(dir.path(), &[]);
     let env = Env::new(&format!("crash_{}", point.replace('-', "_")));
     let old = env.state();
-    let url = env.db.url();
-    let out = mxsnap_cmd(&[
-        "restore",
-        archive.to_str().unwrap(),
-        "--database",
-        &url,
-        "--files",
-        env.files.to_str().unwrap(),
-        "--yes",
-    ])
-    .env("MXSNAP_CRASH_AT", point)
-    .output()
-    .unwrap();
+    let out = env
+        .restore_cmd(&archive)
+        .env("MXSNAP_CRASH_AT", point)
+        .output()
+        .unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(
         out.status.signal(),
@@ -776,19 +782,11 @@ fn a_damaged_journal_is_reported_with_a_hint_and_nothing_changes() {
     let env = Env::new("damaged_journal");
     let old = env.state();
     // A restore killed after preparing its swap leaves a prepared journal...
-    let url = env.db.url();
-    let out = mxsnap_cmd(&[
-        "restore",
-        archive.to_str().unwrap(),
-        "--database",
-        &url,
-        "--files",
-        env.files.to_str().unwrap(),
-        "--yes",
-    ])
-    .env("MXSNAP_CRASH_AT", "prepared")
-    .output()
-    .unwrap();
+    let out = env
+        .restore_cmd(&archive)
+        .env("MXSNAP_CRASH_AT", "prepared")
+        .output()
+        .unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(out.status.signal(), Some(9));
     let journal = env.files.parent().unwrap().join(".files.mxsnap-journal");
@@ -837,20 +835,12 @@ fn sigterm_during_a_restore_cancels_it_and_the_target_stays_old() {
             .unwrap()
             .success()
     );
-    let url = env.db.url();
-    let child = mxsnap_cmd(&[
-        "restore",
-        fifo.to_str().unwrap(),
-        "--database",
-        &url,
-        "--files",
-        env.files.to_str().unwrap(),
-        "--yes",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let child = env
+        .restore_cmd(&fifo)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
     let half = bytes.len() / 2;
     pipe.write_all(&bytes[..half]).unwrap();
