@@ -8,6 +8,9 @@
 //! verify), [`prepare`] (prepare-upload), [`catalog::ops`] (the snapshot catalogue) and
 //! [`target::local`] (local environments).
 //!
+//! Archives are read from a [`source::Source`] and written to files or writers; [`crypt`]
+//! seals and opens them with age.
+//!
 //! The library never prints and never exits: it returns typed [`Error`]s, and writes archives
 //! only to the files or writers it is given. The `mxsnap` binary is a thin layer over it.
 
