@@ -5,7 +5,7 @@
 //! names the output; nothing is written. [`execute`] opens a repeatable-read transaction and
 //! exports its snapshot, reads `system$filedocument` inside it and dumps with `pg_dump
 //! --snapshot` (so the file list and the dump describe the same moment), then streams
-//! `.metadata`, `db/db.backup`, `tree/...` and the manifest ([`full`] overlaps the dump with
+//! `.metadata`, `db/db.backup`, `tree/...` and the manifest (`full` overlaps the dump with
 //! the packing). The output appears under its final name only when complete and synced.
 
 mod full;

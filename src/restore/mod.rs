@@ -4,7 +4,7 @@
 //! environment's lock, finishes or undoes any restore a crash interrupted (the one change a
 //! plan makes: nothing can be planned on a half-swapped target), and refuses a running
 //! target. [`execute`] stages everything beside the target (a staging database on the same
-//! server, a staging directory on the same filesystem, see [`stage`]), checks it all, and only
+//! server, a staging directory on the same filesystem, see `stage`), checks it all, and only
 //! then swaps ([`journal`]). Until the swap the target is untouched; a failure or a cancel
 //! drops the staging copies.
 
