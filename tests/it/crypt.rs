@@ -365,3 +365,97 @@ fn an_encrypting_catalogue_seals_every_snapshot_and_downloads_open_with_the_key(
     assert_eq!(env.state().0, db.checksums());
     assert_eq!(tree_hashes(&env.files).len(), 45);
 }
+
+/// Runs mxsnap on a pseudo-terminal (its controlling terminal), answering each passphrase
+/// prompt with the next of `answers`; returns the exit code and what the terminal showed.
+fn on_a_terminal(args: &[&str], answers: &[&str]) -> (i32, String) {
+    let script = r#"
+import os, pty, sys, json
+argv, answers = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+pid, fd = pty.fork()
+if pid == 0:
+    os.environ.pop("MXSNAP_PASSPHRASE", None)
+    os.execv(argv[0], argv)
+seen, answered = b"", 0
+while True:
+    try:
+        chunk = os.read(fd, 4096)
+    except OSError:
+        break
+    if not chunk:
+        break
+    seen += chunk
+    # Answer each prompt once it is shown, never ahead (typed-ahead input would echo).
+    prompts = seen.count(b"passphrase: ") + seen.count(b"again: ")
+    while answers and answered < prompts:
+        os.write(fd, answers.pop(0).encode() + b"\n")
+        answered += 1
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(seen.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let mut argv = vec![crate::harness::mxsnap_bin().to_str().unwrap().to_string()];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(serde_json::to_string(&argv).unwrap())
+        .arg(serde_json::to_string(answers).unwrap())
+        .env_remove("MXSNAP_PASSPHRASE")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn a_passphrase_is_asked_on_the_terminal_without_echo() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("files.tar.gz.age");
+    let store = store();
+    let create = |answers: &[&str]| {
+        on_a_terminal(
+            &[
+                "create",
+                "-q",
+                "--force",
+                "--variant",
+                "files",
+                "--all-files",
+                "--files",
+                store.to_str().unwrap(),
+                "-o",
+                archive.to_str().unwrap(),
+                "--encrypt-passphrase",
+            ],
+            answers,
+        )
+    };
+    let (code, screen) = create(&["typed secret", "typed secret"]);
+    assert_eq!(code, 0, "{screen}");
+    assert!(screen.contains("passphrase:"), "{screen}");
+    assert!(screen.contains("again:"), "{screen}");
+    assert!(
+        !screen.contains("typed secret"),
+        "the passphrase was echoed: {screen}"
+    );
+    assert!(
+        std::fs::read(&archive)
+            .unwrap()
+            .starts_with(b"age-encryption.org/v1\n")
+    );
+    // Two different answers: nothing is written over the archive.
+    let before = std::fs::read(&archive).unwrap();
+    let (code, screen) = create(&["one", "another"]);
+    assert_eq!(code, 2, "{screen}");
+    assert!(screen.contains("differ"), "{screen}");
+    assert_eq!(std::fs::read(&archive).unwrap(), before);
+
+    let a = archive.to_str().unwrap();
+    let (code, screen) = on_a_terminal(&["verify", "-q", a, "--passphrase"], &["typed secret"]);
+    assert_eq!(code, 0, "{screen}");
+    let (code, screen) = on_a_terminal(&["verify", "-q", a, "--passphrase"], &["not it"]);
+    assert_eq!(code, 2, "{screen}");
+    assert!(screen.contains("wrong passphrase"), "{screen}");
+}
