@@ -242,6 +242,8 @@ struct Examiner<'t, 's> {
     order: Vec<&'static str>,
     metadata: Option<Metadata>,
     metadata_error: Option<String>,
+    /// What `.metadata` does not say as the cloud says it (see `Metadata::parse_lenient`).
+    metadata_notes: Vec<String>,
     dump: Option<DumpHeader>,
     dump_size: Option<u64>,
     tree_files: u64,
@@ -269,12 +271,17 @@ impl Examiner<'_, '_> {
         data.take(METADATA_LIMIT)
             .read_to_end(&mut text)
             .map_err(|e| Error::reading("reading .metadata", e))?;
-        match serde_json::from_slice::<Metadata>(&text) {
-            Ok(m) => {
+        if text.iter().all(u8::is_ascii_whitespace) {
+            self.metadata_error = Some(".metadata is empty".to_string());
+            return Ok(());
+        }
+        match Metadata::parse_lenient(&text) {
+            Ok((m, notes)) => {
                 if let Some(into) = self.into.as_mut() {
                     into.metadata(&m)?;
                 }
                 self.metadata = Some(m);
+                self.metadata_notes = notes;
             }
             Err(e) => self.metadata_error = Some(format!(".metadata is not valid: {e}")),
         }
@@ -388,6 +395,40 @@ impl Visitor for Examiner<'_, '_> {
     }
 }
 
+/// What `.metadata` gets wrong about the members, as sentences naming both figures.
+fn metadata_problems(ex: &Examiner<'_, '_>, has_metadata: bool) -> Vec<String> {
+    if !has_metadata {
+        return vec![format!(
+            "the archive has {DUMP} but no {METADATA}: a full snapshot needs both"
+        )];
+    }
+    if let Some(e) = &ex.metadata_error {
+        return vec![e.clone()];
+    }
+    let Some(m) = ex.metadata.as_ref() else {
+        return vec![format!("{METADATA} could not be read")];
+    };
+    let mut problems: Vec<String> = ex
+        .metadata_notes
+        .iter()
+        .map(|n| format!(".metadata: {n}"))
+        .collect();
+    let dump_size = ex.dump_size.unwrap_or(0);
+    if Metadata::size(&m.dump_size) != Some(dump_size) {
+        problems.push(format!(
+            ".metadata says dumpSize {:?} but {DUMP} has {dump_size} bytes",
+            m.dump_size
+        ));
+    }
+    if Metadata::size(&m.files_size) != Some(ex.tree_bytes) {
+        problems.push(format!(
+            ".metadata says filesSize {:?} but tree/ holds {} bytes",
+            m.files_size, ex.tree_bytes
+        ));
+    }
+    problems
+}
+
 fn examine_tar(
     opened: detect::Opened<'_>,
     tools: Option<&PgTools>,
@@ -409,6 +450,7 @@ fn examine_tar(
         order: Vec::new(),
         metadata: None,
         metadata_error: None,
+        metadata_notes: Vec::new(),
         dump: None,
         dump_size: None,
         tree_files: 0,
@@ -440,37 +482,30 @@ fn examine_tar(
             ));
         }
         if variant == Variant::Full {
-            if !has_metadata {
-                return Err(Error::corrupt(format!(
-                    "the archive has {DUMP} but no {METADATA}: a full snapshot needs both"
-                )));
-            }
             if !has_dump {
                 return Err(Error::corrupt(format!(
                     "the archive has {METADATA} but no {DUMP}: the database dump is missing"
                 )));
             }
-            if let Some(e) = &ex.metadata_error {
-                return Err(Error::corrupt(e.clone()));
+            // mxsnap's own archives (with a manifest) are held to the letter; others' are
+            // accepted with what differs named: the cloud's .metadata is not documented.
+            let problems = metadata_problems(&ex, has_metadata);
+            if ex.manifest {
+                if let Some(first) = problems.into_iter().next() {
+                    return Err(Error::corrupt(first));
+                }
+                ex.checks
+                    .push(".metadata agrees with db/db.backup and tree/ sizes".to_string());
+            } else if problems.is_empty() {
+                ex.checks
+                    .push(".metadata agrees with db/db.backup and tree/ sizes".to_string());
+            } else {
+                for p in problems {
+                    warnings.push(format!(
+                        "{p} (accepted: the archive has no mxsnap manifest)"
+                    ));
+                }
             }
-            let Some(m) = ex.metadata.as_ref() else {
-                return Err(Error::corrupt(format!("{METADATA} could not be read")));
-            };
-            let dump_size = ex.dump_size.unwrap_or(0);
-            if m.dump_size.parse::<u64>().ok() != Some(dump_size) {
-                return Err(Error::corrupt(format!(
-                    ".metadata says dumpSize {} but {DUMP} has {dump_size} bytes",
-                    m.dump_size
-                )));
-            }
-            if m.files_size.parse::<u64>().ok() != Some(ex.tree_bytes) {
-                return Err(Error::corrupt(format!(
-                    ".metadata says filesSize {} but tree/ holds {} bytes",
-                    m.files_size, ex.tree_bytes
-                )));
-            }
-            ex.checks
-                .push(".metadata agrees with db/db.backup and tree/ sizes".to_string());
             let cloud_order: Vec<&str> = ["metadata", "dump", "tree"]
                 .into_iter()
                 .filter(|k| ex.order.contains(k))

@@ -71,7 +71,7 @@ pub fn peek(input: Input<'_>) -> Result<Peek> {
         if name == METADATA.as_bytes() {
             let size = header.entry_size().unwrap_or(0) as usize;
             if let Some(body) = opened.head.get(512..512 + size) {
-                metadata = serde_json::from_slice(body).ok();
+                metadata = Metadata::parse_lenient(body).ok().map(|(m, _)| m);
             }
         }
     }

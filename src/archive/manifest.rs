@@ -30,6 +30,67 @@ pub struct Metadata {
     pub files_size: String,
 }
 
+/// The keys of the cloud's `.metadata`, in its order.
+const METADATA_KEYS: [&str; 5] = [
+    "duration",
+    "dumpSize",
+    "modelVersion",
+    "databaseSize",
+    "filesSize",
+];
+
+impl Metadata {
+    /// Reads a `.metadata` as others may have written it: the cloud's values are inferred,
+    /// not documented, so a number instead of a string is taken as its digits, a missing key
+    /// as empty, an unknown key is ignored; each such liberty is named in the notes. Only
+    /// what is not a JSON object at all is an error.
+    pub fn parse_lenient(text: &[u8]) -> Result<(Metadata, Vec<String>), String> {
+        let value: serde_json::Value =
+            serde_json::from_slice(text).map_err(|e| format!("not JSON: {e}"))?;
+        let serde_json::Value::Object(map) = value else {
+            return Err("not a JSON object".to_string());
+        };
+        let mut notes = Vec::new();
+        let mut get = |key: &str| match map.get(key) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(serde_json::Value::Number(n)) => {
+                notes.push(format!("{key} is a number, not a string"));
+                n.to_string()
+            }
+            Some(other) => {
+                notes.push(format!("{key} is {other}, neither a string nor a number"));
+                String::new()
+            }
+            None => {
+                notes.push(format!("{key} is missing"));
+                String::new()
+            }
+        };
+        let metadata = Metadata {
+            duration: get("duration"),
+            dump_size: get("dumpSize"),
+            model_version: get("modelVersion"),
+            database_size: get("databaseSize"),
+            files_size: get("filesSize"),
+        };
+        let mut extra: Vec<&str> = map
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !METADATA_KEYS.contains(k))
+            .collect();
+        extra.sort();
+        if !extra.is_empty() {
+            notes.push(format!("unknown key(s) {}", extra.join(", ")));
+        }
+        Ok((metadata, notes))
+    }
+
+    /// A size field as a number, when it is one.
+    pub fn size(field: &str) -> Option<u64> {
+        field.trim().parse().ok()
+    }
+}
+
 /// Largest `.metadata` we read; the real one is about 120 bytes.
 pub const METADATA_LIMIT: u64 = 64 * 1024;
 
@@ -239,6 +300,24 @@ fn compare(want: &ManifestEntry, got: &ManifestEntry) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_is_read_leniently_and_each_liberty_is_named() {
+        let cloud = br#"{"duration":"0","dumpSize":"94769","modelVersion":"1.0.0.40","databaseSize":"9730584","filesSize":"1346575"}"#;
+        let (m, notes) = Metadata::parse_lenient(cloud).unwrap();
+        assert!(notes.is_empty(), "{notes:?}");
+        assert_eq!(Metadata::size(&m.dump_size), Some(94769));
+        let odd = br#"{"dumpSize":94769,"modelVersion":"1.2","filesSize":"x","region":"eu"}"#;
+        let (m, notes) = Metadata::parse_lenient(odd).unwrap();
+        assert_eq!(m.dump_size, "94769");
+        assert_eq!(Metadata::size(&m.files_size), None);
+        let notes = notes.join("; ");
+        assert!(notes.contains("dumpSize is a number"), "{notes}");
+        assert!(notes.contains("duration is missing"), "{notes}");
+        assert!(notes.contains("unknown key(s) region"), "{notes}");
+        assert!(Metadata::parse_lenient(b"[1,2]").is_err());
+        assert!(Metadata::parse_lenient(b"").is_err());
+    }
 
     fn entry(path: &str, size: u64, sha: &str) -> Result<ManifestEntry, String> {
         Ok(ManifestEntry {

@@ -512,7 +512,7 @@ fn run(
         .metadata
         .as_ref()
         .map(|m| m.model_version.clone())
-        .filter(|v| v != crate::archive::manifest::UNKNOWN_MODEL_VERSION);
+        .filter(|v| !v.is_empty() && v != crate::archive::manifest::UNKNOWN_MODEL_VERSION);
     let mut state = EnvState::load(target);
     let known = model_version.or(state.model_version.clone());
     if let (Some(archive), Some(current)) = (&archive_model, &known) {

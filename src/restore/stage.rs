@@ -59,10 +59,10 @@ impl Extraction for Staging<'_> {
     fn metadata(&mut self, m: &Metadata) -> Result<()> {
         let mut needed = 0u64;
         if self.tree_to.is_some() {
-            needed += m.files_size.parse::<u64>().unwrap_or(0);
+            needed += Metadata::size(&m.files_size).unwrap_or(0);
         }
         if self.dump_to.is_some() {
-            needed += m.dump_size.parse::<u64>().unwrap_or(0);
+            needed += Metadata::size(&m.dump_size).unwrap_or(0);
         }
         match sys::free_space(&self.space_on) {
             Some(free) if needed > free => Err(Error::environment(format!(
