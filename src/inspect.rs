@@ -398,9 +398,7 @@ impl Visitor for Examiner<'_, '_> {
 /// What `.metadata` gets wrong about the members, as sentences naming both figures.
 fn metadata_problems(ex: &Examiner<'_, '_>, has_metadata: bool) -> Vec<String> {
     if !has_metadata {
-        return vec![format!(
-            "the archive has {DUMP} but no {METADATA}: a full snapshot needs both"
-        )];
+        return vec![format!("the archive has {DUMP} but no {METADATA}")];
     }
     if let Some(e) = &ex.metadata_error {
         return vec![e.clone()];

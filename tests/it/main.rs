@@ -8,6 +8,7 @@ mod catalog;
 mod cli;
 mod create;
 mod crypt;
+mod foreign;
 mod operations;
 mod prepare;
 mod restore;

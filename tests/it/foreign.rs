@@ -1,0 +1,218 @@
+//! Archives put together by stock tools only (GNU tar, gzip, pg_dump), never by mxsnap, with the
+//! liberties others take: each verifies and restores, saying what differs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::harness::{Db, tree_hashes};
+use crate::restore::Env;
+use crate::support::*;
+
+/// A cloud-shaped snapshot directory (`.metadata`, `db/db.backup`, `tree/...`) of `db`, made
+/// with pg_dump's defaults and plain copies; `.metadata` is written by `meta` from the true
+/// dump and files sizes.
+fn snapshot_dir(db: &Db, dir: &Path, meta: impl Fn(u64, u64) -> Option<Vec<u8>>) -> PathBuf {
+    let root = dir.join("snap");
+    std::fs::create_dir_all(root.join("db")).unwrap();
+    let dump = root.join("db/db.backup");
+    tool_ok(
+        &pg_tool("pg_dump"),
+        &["-O", "-x", "-Fc", "-f", dump.to_str().unwrap(), &db.url()],
+    );
+    let mut files_size = 0;
+    for rel in expected_tree(db) {
+        let to = root.join("tree").join(&rel);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(store().join(&rel), &to).unwrap();
+        files_size += std::fs::metadata(&to).unwrap().len();
+    }
+    let dump_size = std::fs::metadata(&dump).unwrap().len();
+    if let Some(bytes) = meta(dump_size, files_size) {
+        std::fs::write(root.join(".metadata"), bytes).unwrap();
+    }
+    root
+}
+
+fn cloud_meta(dump: &str, files: &str) -> Vec<u8> {
+    format!(
+        r#"{{"duration":"0","dumpSize":{dump},"modelVersion":"1.0.0.40","databaseSize":"9730584","filesSize":{files}}}"#
+    )
+    .into_bytes()
+}
+
+fn sh(script: &str) {
+    let out = Command::new("sh").args(["-c", script]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Verifies `archive` (exit 0), then restores it into a fresh environment and compares rows
+/// and files with `db`; returns verify's stdout (its warnings).
+fn verifies_and_restores(db: &Db, archive: &Path, tag: &str) -> String {
+    let run = mxsnap(&["verify", archive.to_str().unwrap()]);
+    assert_eq!(
+        run.code, 0,
+        "{tag}: verify failed:\n{}\n{}",
+        run.stdout, run.stderr
+    );
+    let env = Env::new(tag);
+    ok(env.restore(archive, &[]));
+    assert_eq!(env.state().0, db.checksums(), "{tag}: rows differ");
+    let want: Vec<String> = expected_tree(db);
+    let got = tree_hashes(&env.files);
+    assert_eq!(
+        got.keys().cloned().collect::<Vec<_>>(),
+        want,
+        "{tag}: files differ"
+    );
+    env.assert_clean();
+    run.stdout
+}
+
+#[test]
+fn metadata_as_others_write_it_is_accepted_with_what_differs_named() {
+    let db = Db::with_fixture("foreign_meta");
+    type Meta = Box<dyn Fn(u64, u64) -> Option<Vec<u8>>>;
+    let cases: Vec<(&str, Meta, &[&str])> = vec![
+        (
+            // filesSize as disk usage with the directories, as `du -sb tree` counts it.
+            "du",
+            Box::new(|d, f| {
+                Some(cloud_meta(
+                    &format!("\"{d}\""),
+                    &format!("\"{}\"", f + 4096 * 30),
+                ))
+            }),
+            &["filesSize", "tree/ holds"],
+        ),
+        (
+            "numbers",
+            Box::new(|d, f| Some(cloud_meta(&d.to_string(), &f.to_string()))),
+            &["dumpSize is a number"],
+        ),
+        (
+            "keys",
+            Box::new(|d, f| {
+                Some(
+                    format!(r#"{{"dumpSize":"{d}","filesSize":"{f}","region":"eu-central-1"}}"#)
+                        .into_bytes(),
+                )
+            }),
+            &["modelVersion is missing", "unknown key(s) region"],
+        ),
+        (
+            "empty",
+            Box::new(|_, _| Some(Vec::new())),
+            &[".metadata is empty"],
+        ),
+        ("absent", Box::new(|_, _| None), &["no .metadata"]),
+    ];
+    for (tag, meta, says) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let root = snapshot_dir(&db, dir.path(), meta);
+        let archive = dir.path().join("snap.tar.gz");
+        let members = if root.join(".metadata").exists() {
+            ".metadata db tree"
+        } else {
+            "db tree"
+        };
+        sh(&format!(
+            "tar -czf {} -C {} {members}",
+            archive.display(),
+            root.display()
+        ));
+        let stdout = verifies_and_restores(&db, &archive, &format!("foreign_{tag}"));
+        for want in says {
+            assert!(
+                stdout.contains(want),
+                "{tag}: verify does not say {want:?}:\n{stdout}"
+            );
+        }
+        assert!(stdout.contains("accepted"), "{tag}: {stdout}");
+    }
+}
+
+#[test]
+fn stock_tar_and_gzip_variations_verify_and_restore() {
+    let db = Db::with_fixture("foreign_tar");
+    let cases = [
+        // pax headers (extended attributes of each member).
+        ("pax", "tar --format=pax -czf {a} -C {r} .metadata db tree"),
+        // GNU format, with the record padding GNU tar adds after the end blocks.
+        (
+            "gnu",
+            "tar --format=gnu -b 20 -czf {a} -C {r} .metadata db tree",
+        ),
+        // "./" names and directory entries.
+        ("dot", "tar -czf {a} -C {r} ."),
+        // gzip remembering the tar's file name in its header.
+        (
+            "gzipname",
+            "tar -cf {d}/snap.tar -C {r} .metadata db tree && gzip -N -c {d}/snap.tar > {a}",
+        ),
+        // Two gzip members, the tar split between them at an arbitrary byte.
+        (
+            "members",
+            "tar -cf {d}/snap.tar -C {r} .metadata db tree && head -c 70001 {d}/snap.tar | gzip \
+             > {a} && tail -c +70002 {d}/snap.tar | gzip >> {a}",
+        ),
+    ];
+    for (tag, script) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let root = snapshot_dir(&db, dir.path(), |d, f| {
+            Some(cloud_meta(&format!("\"{d}\""), &format!("\"{f}\"")))
+        });
+        let archive = dir.path().join("snap.tar.gz");
+        sh(&script
+            .replace("{a}", archive.to_str().unwrap())
+            .replace("{r}", root.to_str().unwrap())
+            .replace("{d}", dir.path().to_str().unwrap()));
+        let stdout = verifies_and_restores(&db, &archive, &format!("foreign_{tag}"));
+        assert!(stdout.contains("no manifest present"), "{tag}: {stdout}");
+    }
+}
+
+#[test]
+fn members_in_another_order_verify_and_restore_with_a_warning() {
+    let db = Db::with_fixture("foreign_order");
+    let dir = tempfile::tempdir().unwrap();
+    let root = snapshot_dir(&db, dir.path(), |d, f| {
+        Some(cloud_meta(&format!("\"{d}\""), &format!("\"{f}\"")))
+    });
+    let archive = dir.path().join("snap.tar.gz");
+    sh(&format!(
+        "tar -czf {} -C {} tree db .metadata",
+        archive.display(),
+        root.display()
+    ));
+    let stdout = verifies_and_restores(&db, &archive, "foreign_order_target");
+    assert!(stdout.contains("not in the cloud's order"), "{stdout}");
+}
+
+#[test]
+fn a_database_only_backup_with_pg_dumps_own_compression_restores() {
+    let db = Db::with_fixture("foreign_db");
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("database-fc9e126f-201811210121.backup");
+    // pg_dump's default for the custom format compresses the data.
+    tool_ok(
+        &pg_tool("pg_dump"),
+        &["-O", "-x", "-Fc", "-f", dump.to_str().unwrap(), &db.url()],
+    );
+    let inspected = ok(mxsnap(&["inspect", dump.to_str().unwrap(), "--json"])).json();
+    assert_eq!(inspected["variant"], "database");
+    assert_ne!(inspected["dump"]["compression"], "none", "{inspected}");
+    ok(mxsnap(&["verify", dump.to_str().unwrap()]));
+    let env = Env::new("foreign_db_target");
+    let files_before = tree_hashes(&env.files);
+    ok(env.restore(&dump, &[]));
+    assert_eq!(env.state().0, db.checksums());
+    assert_eq!(
+        tree_hashes(&env.files),
+        files_before,
+        "the files were touched"
+    );
+}
