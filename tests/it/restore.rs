@@ -828,13 +828,9 @@ fn sigterm_during_a_restore_cancels_it_and_the_target_stays_old() {
     let old = env.state();
     // The archive comes through a named pipe, so the restore waits, mid-read, for the rest.
     let fifo = dir.path().join("incoming");
-    assert!(
-        Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
     let child = env
         .restore_cmd(&fifo)
         .stdout(Stdio::piped())
@@ -862,14 +858,8 @@ fn sigterm_during_a_restore_cancels_it_and_the_target_stays_old() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    // SAFETY: kill on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     // The rest arrives slowly, long after the signal: the restore must stop, not finish.
     std::thread::sleep(std::time::Duration::from_millis(500));
     for chunk in bytes[half..].chunks(1024) {
