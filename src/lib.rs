@@ -19,6 +19,8 @@ pub mod catalog;
 pub mod create;
 pub mod crypt;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod inspect;
 pub mod output;
 pub mod pg;
