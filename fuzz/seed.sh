@@ -40,3 +40,6 @@ mxruntime:
   DatabasePassword: "it's secret"
 YAML
 ls -R "$c" | head -40
+# What the fuzzers found is added beside the seeds (30 inputs a target, named by their hash):
+#   cargo fuzz run -s none -O TARGET /tmp/TARGET fuzz/corpus/TARGET -- -max_total_time=600
+#   then copy a sample of /tmp/TARGET into fuzz/corpus/TARGET.

@@ -29,7 +29,7 @@ fn every_corpus_input_is_read_without_a_panic() {
             }
         }
     }
-    assert!(replayed >= 13, "only {replayed} corpus inputs found");
+    assert!(replayed >= 100, "only {replayed} corpus inputs found");
 }
 
 #[test]
@@ -49,7 +49,13 @@ fn mangled_seeds_are_read_without_a_panic() {
             continue;
         };
         for file in files {
-            let seed = std::fs::read(file.unwrap().path()).unwrap();
+            let path = file.unwrap().path();
+            // The named seeds only; what the fuzzers kept is named by its hash.
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.len() == 40 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                continue;
+            }
+            let seed = std::fs::read(&path).unwrap();
             for _ in 0..40 {
                 let mut data = seed.clone();
                 if !data.is_empty() {
