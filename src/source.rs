@@ -111,8 +111,9 @@ fn open_stream(
     let n =
         read_full(&mut reader, &mut head).map_err(|e| Error::io(format!("reading {name}"), e))?;
     head.truncate(n);
-    let rejoined: Input<'static> = Box::new(io::Cursor::new(head.clone()).chain(reader));
-    if crypt::is_encrypted(&head) {
+    let encrypted = crypt::is_encrypted(&head);
+    let rejoined: Input<'static> = Box::new(io::Cursor::new(head).chain(reader));
+    if encrypted {
         Ok((Box::new(keys.open(rejoined, name, None)?), true))
     } else {
         Ok((rejoined, false))
