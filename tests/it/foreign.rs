@@ -1,38 +1,15 @@
 //! Archives put together by stock tools only (GNU tar, gzip, pg_dump), never by mxsnap, with the
 //! liberties others take: each verifies and restores, saying what differs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use crate::harness::{Db, tree_hashes};
 use crate::restore::Env;
 use crate::support::*;
 
-/// A cloud-shaped snapshot directory (`.metadata`, `db/db.backup`, `tree/...`) of `db`, made
-/// with pg_dump's defaults and plain copies; `.metadata` is written by `meta` from the true
-/// dump and files sizes.
-fn snapshot_dir(db: &Db, dir: &Path, meta: impl Fn(u64, u64) -> Option<Vec<u8>>) -> PathBuf {
-    let root = dir.join("snap");
-    std::fs::create_dir_all(root.join("db")).unwrap();
-    let dump = root.join("db/db.backup");
-    tool_ok(
-        &pg_tool("pg_dump"),
-        &["-O", "-x", "-Fc", "-f", dump.to_str().unwrap(), &db.url()],
-    );
-    let mut files_size = 0;
-    for rel in expected_tree(db) {
-        let to = root.join("tree").join(&rel);
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(store().join(&rel), &to).unwrap();
-        files_size += std::fs::metadata(&to).unwrap().len();
-    }
-    let dump_size = std::fs::metadata(&dump).unwrap().len();
-    if let Some(bytes) = meta(dump_size, files_size) {
-        std::fs::write(root.join(".metadata"), bytes).unwrap();
-    }
-    root
-}
-
+/// The cloud's `.metadata` with the two size values as given, JSON text and all (`"12"` is a
+/// string, `12` a number): for the cases that write them as others do.
 fn cloud_meta(dump: &str, files: &str) -> Vec<u8> {
     format!(
         r#"{{"duration":"0","dumpSize":{dump},"modelVersion":"1.0.0.40","databaseSize":"9730584","filesSize":{files}}}"#
@@ -112,7 +89,7 @@ fn metadata_as_others_write_it_is_accepted_with_what_differs_named() {
     ];
     for (tag, meta, says) in cases {
         let dir = tempfile::tempdir().unwrap();
-        let root = snapshot_dir(&db, dir.path(), meta);
+        let root = cloud_snapshot_dir(&db, dir.path(), meta);
         let archive = dir.path().join("snap.tar.gz");
         let members = if root.join(".metadata").exists() {
             ".metadata db tree"
@@ -162,9 +139,7 @@ fn stock_tar_and_gzip_variations_verify_and_restore() {
     ];
     for (tag, script) in cases {
         let dir = tempfile::tempdir().unwrap();
-        let root = snapshot_dir(&db, dir.path(), |d, f| {
-            Some(cloud_meta(&format!("\"{d}\""), &format!("\"{f}\"")))
-        });
+        let root = cloud_snapshot_dir(&db, dir.path(), |d, f| Some(cloud_metadata(d, f)));
         let archive = dir.path().join("snap.tar.gz");
         sh(&script
             .replace("{a}", archive.to_str().unwrap())
@@ -179,9 +154,7 @@ fn stock_tar_and_gzip_variations_verify_and_restore() {
 fn members_in_another_order_verify_and_restore_with_a_warning() {
     let db = Db::with_fixture("foreign_order");
     let dir = tempfile::tempdir().unwrap();
-    let root = snapshot_dir(&db, dir.path(), |d, f| {
-        Some(cloud_meta(&format!("\"{d}\""), &format!("\"{f}\"")))
-    });
+    let root = cloud_snapshot_dir(&db, dir.path(), |d, f| Some(cloud_metadata(d, f)));
     let archive = dir.path().join("snap.tar.gz");
     sh(&format!(
         "tar -czf {} -C {} tree db .metadata",

@@ -186,10 +186,14 @@ pub enum TarStyle {
     Dot,
 }
 
-/// A full snapshot made the way the cloud's is, with stock tools only: `pg_dump -O -x -Fc`, the
-/// referenced files copied into `tree/`, a `.metadata` and GNU tar. No manifest. Returns the
-/// archive and the dump file.
-pub fn cloud_shaped_archive(db: &Db, dir: &Path, style: TarStyle) -> (PathBuf, PathBuf) {
+/// A cloud-shaped snapshot directory (`db/db.backup` by `pg_dump -O -x -Fc` with its default
+/// compression, the referenced files copied into `tree/`) of `db` in `dir/snap`; `.metadata`
+/// is what `meta` makes of the true dump and files sizes (`None`: no `.metadata`).
+pub fn cloud_snapshot_dir(
+    db: &Db,
+    dir: &Path,
+    meta: impl Fn(u64, u64) -> Option<Vec<u8>>,
+) -> PathBuf {
     let root = dir.join("snap");
     std::fs::create_dir_all(root.join("db")).unwrap();
     let dump = root.join("db/db.backup");
@@ -204,14 +208,32 @@ pub fn cloud_shaped_archive(db: &Db, dir: &Path, style: TarStyle) -> (PathBuf, P
         std::fs::copy(store().join(&rel), &to).unwrap();
         files_size += std::fs::metadata(&to).unwrap().len();
     }
-    let meta = serde_json::json!({
+    let dump_size = std::fs::metadata(&dump).unwrap().len();
+    if let Some(bytes) = meta(dump_size, files_size) {
+        std::fs::write(root.join(".metadata"), bytes).unwrap();
+    }
+    root
+}
+
+/// `.metadata` as the cloud's documentation shows it, with the given sizes.
+pub fn cloud_metadata(dump_size: u64, files_size: u64) -> Vec<u8> {
+    serde_json::json!({
         "duration": "0",
-        "dumpSize": std::fs::metadata(&dump).unwrap().len().to_string(),
+        "dumpSize": dump_size.to_string(),
         "modelVersion": "1.0.0.40",
         "databaseSize": "9730584",
         "filesSize": files_size.to_string(),
-    });
-    std::fs::write(root.join(".metadata"), meta.to_string()).unwrap();
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// A full snapshot made the way the cloud's is, with stock tools only: `pg_dump -O -x -Fc`, the
+/// referenced files copied into `tree/`, a `.metadata` and GNU tar. No manifest. Returns the
+/// archive and the dump file.
+pub fn cloud_shaped_archive(db: &Db, dir: &Path, style: TarStyle) -> (PathBuf, PathBuf) {
+    let root = cloud_snapshot_dir(db, dir, |d, f| Some(cloud_metadata(d, f)));
+    let dump = root.join("db/db.backup");
     let archive = dir.join("files_and_database-fc9e126f-201811210121.tar.gz");
     let (a, r) = (archive.to_str().unwrap(), root.to_str().unwrap());
     match style {
