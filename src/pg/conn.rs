@@ -2,6 +2,9 @@
 //! libpq's environment (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGPASSFILE) filling in
 //! what it leaves out.
 //!
+//! TLS settings (`sslmode`, `sslrootcert`, `sslcert`, `sslkey` and their PGSSL* variables) are
+//! taken out of the string first, since tokio-postgres knows only part of them; see [`super::tls`].
+//!
 //! Child processes get the settings through their environment, never their argv, so the
 //! password cannot be seen in `ps`; [`ConnSpec`]'s `Debug` and [`ConnSpec::describe`] never
 //! show it either.
@@ -10,14 +13,16 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::Host;
 
+use super::tls::{TlsParams, TlsSettings};
 use crate::error::{Error, Result};
 
 /// Resolved connection settings for one database.
 #[derive(Clone)]
 pub struct ConnSpec {
     config: tokio_postgres::Config,
+    tls: TlsSettings,
 }
 
 impl fmt::Debug for ConnSpec {
@@ -45,7 +50,15 @@ impl ConnSpec {
     /// Parses `url` (or nothing, to rely on the environment alone) and fills the gaps as libpq
     /// would.
     pub fn resolve(url: Option<&str>) -> Result<ConnSpec> {
-        let mut config = match url {
+        let (rest, tls_params) = match url {
+            Some(u) => {
+                let (rest, params) = split_tls(u)?;
+                (Some(rest), params)
+            }
+            None => (None, TlsParams::default()),
+        };
+        let tls = TlsSettings::resolve(&tls_params)?;
+        let mut config = match rest.as_deref() {
             Some(u) => tokio_postgres::Config::from_str(u).map_err(|e| {
                 Error::usage(format!("the database URL cannot be parsed: {e}")).with_hint(
                     "use postgresql://user@host:port/dbname, or postgresql:///dbname?host=/socket/dir",
@@ -102,11 +115,23 @@ impl ConnSpec {
                 config.password(pw);
             }
         }
-        Ok(ConnSpec { config })
+        Ok(ConnSpec { config, tls })
     }
 
     pub fn config(&self) -> &tokio_postgres::Config {
         &self.config
+    }
+
+    pub fn tls(&self) -> &TlsSettings {
+        &self.tls
+    }
+
+    /// Whether every host is a Unix socket (libpq never uses TLS on those).
+    pub fn local_only(&self) -> bool {
+        self.config
+            .get_hosts()
+            .iter()
+            .all(|h| matches!(h, Host::Unix(_)))
     }
 
     pub fn dbname(&self) -> &str {
@@ -121,7 +146,10 @@ impl ConnSpec {
     pub fn with_dbname(&self, dbname: &str) -> ConnSpec {
         let mut config = self.config.clone();
         config.dbname(dbname);
-        ConnSpec { config }
+        ConnSpec {
+            config,
+            tls: self.tls.clone(),
+        }
     }
 
     fn hosts_string(&self) -> String {
@@ -167,12 +195,7 @@ impl ConnSpec {
         if let Some(pw) = self.config.get_password() {
             vars.push(("PGPASSWORD", String::from_utf8_lossy(pw).into_owned()));
         }
-        let sslmode = match self.config.get_ssl_mode() {
-            SslMode::Disable => "disable",
-            SslMode::Require => "require",
-            _ => "prefer",
-        };
-        vars.push(("PGSSLMODE", sslmode.to_string()));
+        vars.extend(self.tls.child_env());
         if let Some(app) = self.config.get_application_name() {
             vars.push(("PGAPPNAME", app.to_string()));
         }
@@ -183,6 +206,123 @@ impl ConnSpec {
             vars.push(("PGCONNECT_TIMEOUT", t.as_secs().max(1).to_string()));
         }
         vars
+    }
+}
+
+/// Takes the TLS keys out of a URL or `key=value` string, leaving the rest for tokio-postgres.
+fn split_tls(conninfo: &str) -> Result<(String, TlsParams)> {
+    let mut params = TlsParams::default();
+    let trimmed = conninfo.trim_start();
+    if trimmed.starts_with("postgresql://") || trimmed.starts_with("postgres://") {
+        let Some((base, query)) = trimmed.split_once('?') else {
+            return Ok((conninfo.to_string(), params));
+        };
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if !params.take(&percent_decode(k), percent_decode(v))? {
+                kept.push(pair);
+            }
+        }
+        let rest = if kept.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        return Ok((rest, params));
+    }
+    let mut kept = Vec::new();
+    for (k, v) in conninfo_pairs(conninfo)? {
+        if !params.take(&k, v.clone())? {
+            kept.push(format!(
+                "{k}='{}'",
+                v.replace('\\', "\\\\").replace('\'', "\\'")
+            ));
+        }
+    }
+    Ok((kept.join(" "), params))
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && bytes[i + 1].is_ascii_hexdigit()
+            && bytes[i + 2].is_ascii_hexdigit()
+            && let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// libpq's `key = value` syntax: values bare or in single quotes, `\` escaping.
+fn conninfo_pairs(text: &str) -> Result<Vec<(String, String)>> {
+    let bad = |why: &str| {
+        Error::usage(format!(
+            "the database connection string cannot be parsed: {why}"
+        ))
+        .with_hint("use key=value pairs (host=... dbname=...) or a postgresql:// URL")
+    };
+    let mut pairs = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            return Ok(pairs);
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || c.is_whitespace() {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.next() != Some('=') {
+            return Err(bad(&format!("{key:?} has no value")));
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'\'') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('\\') => value.extend(chars.next()),
+                    Some('\'') => break,
+                    Some(c) => value.push(c),
+                    None => return Err(bad("a quoted value is not closed")),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                chars.next();
+                if c == '\\' {
+                    value.extend(chars.next());
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        pairs.push((key, value));
     }
 }
 
@@ -268,6 +408,35 @@ mod tests {
         assert!(env.contains(&("PGHOST", "/tmp/sock".to_string())));
         let kv = ConnSpec::resolve(Some("host=db.example port=5433 user=u dbname=d")).unwrap();
         assert_eq!(kv.describe(), "u@db.example:5433/d");
+    }
+
+    #[test]
+    fn tls_settings_come_out_of_urls_and_key_value_strings() {
+        let (rest, tls) = split_tls(
+            "postgresql://u@h:5433/d?sslmode=verify-full&application_name=x&sslrootcert=%2Fca%20dir%2Froot.crt",
+        )
+        .unwrap();
+        assert_eq!(rest, "postgresql://u@h:5433/d?application_name=x");
+        assert_eq!(tls.mode.as_deref(), Some("verify-full"));
+        assert_eq!(tls.root_cert.as_deref(), Some("/ca dir/root.crt"));
+        let (rest, tls) =
+            split_tls("host=h  sslmode = require sslkey='/k\\'s dir/k.key' dbname='my db'")
+                .unwrap();
+        assert_eq!(rest, "host='h' dbname='my db'");
+        assert_eq!(tls.mode.as_deref(), Some("require"));
+        assert_eq!(tls.key.as_deref(), Some("/k's dir/k.key"));
+        let spec = ConnSpec::resolve(Some(
+            "host=h dbname='it''s' sslmode=verify-ca sslrootcert=/r.crt",
+        ));
+        assert!(spec.is_err(), "'' is not an escape in libpq");
+        let spec = ConnSpec::resolve(Some("host=h dbname=d sslmode=verify-ca sslrootcert=/r.crt"))
+            .unwrap();
+        let env = spec.child_env();
+        assert!(env.contains(&("PGSSLMODE", "verify-ca".to_string())));
+        assert!(env.contains(&("PGSSLROOTCERT", "/r.crt".to_string())));
+        let e = ConnSpec::resolve(Some("postgresql://h/d?sslcrl=/x")).unwrap_err();
+        assert!(e.message().contains("sslcrl"));
+        assert!(split_tls("host=h dbname='open").is_err());
     }
 
     #[test]

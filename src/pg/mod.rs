@@ -3,6 +3,7 @@
 
 pub mod conn;
 pub mod query;
+pub mod tls;
 pub mod tools;
 
 pub use conn::ConnSpec;

@@ -2,10 +2,125 @@
 //! runtime so the rest of mxsnap stays synchronous.
 
 use tokio::runtime::Runtime;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, Config, NoTls, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::ConnSpec;
+use super::tls::{self, SslMode as TlsMode};
 use crate::error::{Error, Result};
+
+enum Failure {
+    /// The TLS settings could not be turned into a client configuration.
+    Setup(Error),
+    Connect(tokio_postgres::Error),
+}
+
+/// Connects as libpq would in `mode`: `allow` tries plain first and TLS when the server refuses,
+/// `prefer` tries TLS first and plain when the server refuses (or has no TLS).
+async fn open(config: &Config, mode: TlsMode, spec: &ConnSpec) -> Result<Client, Failure> {
+    let rustls = || {
+        spec.tls()
+            .client_config()
+            .map(MakeRustlsConnect::new)
+            .map_err(Failure::Setup)
+    };
+    let refused = |e: &tokio_postgres::Error| e.as_db_error().is_some();
+    match mode {
+        TlsMode::Disable => attempt(config, SslMode::Disable, NoTls).await,
+        TlsMode::Allow => match attempt(config, SslMode::Disable, NoTls).await {
+            Err(Failure::Connect(e)) if refused(&e) => {
+                attempt(config, SslMode::Require, rustls()?).await
+            }
+            other => other,
+        },
+        TlsMode::Prefer => match attempt(config, SslMode::Prefer, rustls()?).await {
+            Err(Failure::Connect(e)) if refused(&e) => {
+                attempt(config, SslMode::Disable, NoTls).await
+            }
+            other => other,
+        },
+        TlsMode::Require | TlsMode::VerifyCa | TlsMode::VerifyFull => {
+            attempt(config, SslMode::Require, rustls()?).await
+        }
+    }
+}
+
+async fn attempt<T>(config: &Config, mode: SslMode, tls: T) -> Result<Client, Failure>
+where
+    T: MakeTlsConnect<Socket> + 'static,
+    T::Stream: Send + 'static,
+{
+    let mut config = config.clone();
+    config.ssl_mode(mode);
+    let (client, connection) = config.connect(tls).await.map_err(Failure::Connect)?;
+    tokio::spawn(async move {
+        // The connection ends when the client is dropped; its error is reported by the next
+        // query.
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// A connection failure in words that say what to change.
+fn connect_error(what: &str, spec: &ConnSpec, e: tokio_postgres::Error) -> Error {
+    let settings = spec.tls();
+    let root = settings
+        .root_cert
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    if let Some(tls_error) = tls::rustls_error(&e) {
+        use rustls::CertificateError as C;
+        return match tls_error {
+            rustls::Error::InvalidCertificate(
+                C::NotValidForName | C::NotValidForNameContext { .. },
+            ) => Error::environment(format!(
+                "the server's certificate is not valid for the host name it was reached by \
+                     ({what}; sslmode=verify-full checks the name)"
+            ))
+            .with_hint(
+                "connect with a host name the certificate names, or use sslmode=verify-ca \
+                     to check only who signed it",
+            ),
+            rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
+                Error::environment(format!(
+                    "the server's certificate ({what}) is not signed by a CA in {root}"
+                ))
+                .with_hint(
+                    "point sslrootcert (or PGSSLROOTCERT) at the CA that signed the server's \
+                     certificate",
+                )
+            }
+            other => Error::environment(format!(
+                "the TLS handshake with PostgreSQL at {what} failed: {other}"
+            ))
+            .with_hint("check the server's certificate and sslmode, sslrootcert, sslcert, sslkey"),
+        };
+    }
+    let detail = match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => e.to_string(),
+    };
+    let error = Error::environment(format!("cannot connect to PostgreSQL at {what}: {detail}"));
+    if detail.contains("no encryption") {
+        return error.with_hint(
+            "the server accepts only TLS connections: add sslmode=require (or verify-full with \
+             sslrootcert=CA-file) to the database URL, or set PGSSLMODE",
+        );
+    }
+    if detail.contains("does not support TLS") {
+        return error.with_hint(
+            "the server has TLS off: use sslmode=prefer (or disable), or turn ssl on in its \
+             postgresql.conf",
+        );
+    }
+    error.with_hint(
+        "check that the server runs and that --database (or PGHOST, PGPORT, PGUSER, PGPASSWORD, \
+         PGDATABASE, PGSSLMODE) points at it",
+    )
+}
 
 /// One row of `system$filedocument`, reduced to what decides where the file lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,22 +165,17 @@ impl Session {
         let what = spec.describe();
         let mut config = spec.config().clone();
         config.application_name("mxsnap");
-        let (client, connection) = runtime.block_on(config.connect(NoTls)).map_err(|e| {
-            let detail = match e.as_db_error() {
-                Some(db) => db.message().to_string(),
-                None => e.to_string(),
-            };
-            Error::environment(format!("cannot connect to PostgreSQL at {what}: {detail}"))
-                .with_hint(
-                    "check that the server runs and that --database (or PGHOST, PGPORT, PGUSER, \
-                     PGPASSWORD, PGDATABASE) points at it; TLS-only servers are not supported yet",
-                )
-        })?;
-        runtime.spawn(async move {
-            // The connection ends when the client is dropped; its error is reported by the
-            // next query.
-            let _ = connection.await;
-        });
+        let mode = if spec.local_only() {
+            TlsMode::Disable
+        } else {
+            spec.tls().mode
+        };
+        let client = runtime
+            .block_on(open(&config, mode, spec))
+            .map_err(|e| match e {
+                Failure::Setup(e) => e,
+                Failure::Connect(e) => connect_error(&what, spec, e),
+            })?;
         Ok(Session {
             runtime,
             client,

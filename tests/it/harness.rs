@@ -58,10 +58,41 @@ fn as_server_user(bin: &Path, program: &str) -> Command {
     }
 }
 
+/// How a throwaway cluster differs from the default one.
+#[derive(Default)]
+pub struct ClusterSetup {
+    /// Names the cluster's directory.
+    pub tag: &'static str,
+    /// More postgres options (`-c name=value ...`), e.g. a TCP listener and ssl.
+    pub options: String,
+    /// Files written into the data directory before the start (owned by the server user,
+    /// mode 0600): certificates, keys.
+    pub files: Vec<(String, Vec<u8>)>,
+    /// A pg_hba.conf replacing initdb's.
+    pub hba: Option<String>,
+    /// The port (socket name, and TCP when listening); 0 for 5432.
+    pub port: u16,
+}
+
 fn start_cluster() -> Server {
+    start_cluster_with(ClusterSetup {
+        tag: "main",
+        ..ClusterSetup::default()
+    })
+}
+
+/// Makes and starts a throwaway cluster (unix socket always; `setup` may add more), stopped
+/// and removed when the test process ends.
+pub fn start_cluster_with(setup: ClusterSetup) -> Server {
+    use std::os::unix::fs::PermissionsExt;
     let bin = pg_bin();
+    let port = if setup.port == 0 { 5432 } else { setup.port };
     // Not under /tmp's private temp dirs: the postgres user must be able to reach it.
-    let base = std::env::temp_dir().join(format!("mxsnap-test-pg-{}", std::process::id()));
+    let base = std::env::temp_dir().join(format!(
+        "mxsnap-test-pg-{}-{}",
+        setup.tag,
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base).unwrap();
     let data = base.join("data");
@@ -92,10 +123,27 @@ fn start_cluster() -> Server {
             .stdout(Stdio::piped()),
         "initdb",
     );
+    for (name, contents) in &setup.files {
+        let path = data.join(name);
+        std::fs::write(&path, contents).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    if let Some(hba) = &setup.hba {
+        std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
+    }
+    if is_root() {
+        run_checked(
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&data),
+            "chown cluster files",
+        );
+    }
     let opts = format!(
-        "-k {} -c listen_addresses='' -p 5432 -c fsync=off -c full_page_writes=off \
-         -c max_connections=200",
-        sock.display()
+        "-k {} -c listen_addresses='' -p {port} -c fsync=off -c full_page_writes=off \
+         -c max_connections=200 {}",
+        sock.display(),
+        setup.options
     );
     run_checked(
         as_server_user(&bin, "pg_ctl")
@@ -132,7 +180,7 @@ fn start_cluster() -> Server {
         .expect("start the cluster watchdog");
     Server {
         host: sock.display().to_string(),
-        port: 5432,
+        port,
         user: "postgres".into(),
         password: None,
         bin,

@@ -12,4 +12,5 @@ mod foreign;
 mod operations;
 mod prepare;
 mod restore;
+mod tls;
 mod verify;

@@ -22,7 +22,7 @@ impl Run {
     }
 }
 
-fn finish(out: Output) -> Run {
+pub fn finish(out: Output) -> Run {
     Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -44,6 +44,10 @@ pub fn mxsnap_cmd(args: &[&str]) -> Command {
         "PGPASSWORD",
         "PGDATABASE",
         "PGPASSFILE",
+        "PGSSLMODE",
+        "PGSSLROOTCERT",
+        "PGSSLCERT",
+        "PGSSLKEY",
     ] {
         c.env_remove(v);
     }
