@@ -6,7 +6,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"; root="$(dirname "$here")"
 mx="$root/target/debug/mxsnap"
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
-c="$here/corpus"; rm -rf "$c"; mkdir -p "$c"/{detect,read_archive,manifest,metadata,dump_header,m2ee}
+c="$here/corpus"; rm -rf "$c"; mkdir -p "$c"/{detect,read_archive,read_zip,manifest,metadata,dump_header,m2ee}
 mkdir -p "$work/store/aa/bb" "$work/store/00"
 echo "one" > "$work/store/aa/bb/aabbcccc-0000-4000-8000-000000000000"
 printf 'two\n' > "$work/store/00/7"
@@ -39,6 +39,29 @@ mxruntime:
   DatabaseUserName: shop
   DatabasePassword: "it's secret"
 YAML
+# Zips of uploaded files: both layouts, stored and deflated, and hostile ones.
+python3 - "$c/read_zip" <<'PY'
+import sys, zipfile, os
+d = sys.argv[1]
+u = "aa/bb/aabbcccc-0000-4000-8000-000000000000"
+def mk(name, entries, method=zipfile.ZIP_DEFLATED):
+    with zipfile.ZipFile(os.path.join(d, name), "w", method) as z:
+        for n, data in entries:
+            z.writestr(n, data)
+mk("bare.zip", [("aa/", ""), (u, "one\n"), ("00/7", "two\n")])
+mk("tree.zip", [("tree/" + u, "one\n" * 50)])
+mk("stored.zip", [(u, "one\n"), ("00/7", "")], zipfile.ZIP_STORED)
+mk("climb.zip", [("../evil", "x")])
+mk("dup.zip", [(u, "a"), ("tree/" + u, "b")])
+with zipfile.ZipFile(os.path.join(d, "link.zip"), "w") as z:
+    i = zipfile.ZipInfo(u); i.external_attr = (0o120777 << 16); z.writestr(i, "/etc/passwd")
+# zipfile will not write the encryption flag: set it in the local and central headers.
+mk("encrypted-flag.zip", [(u, "xxxxxxxxxxxxone")], zipfile.ZIP_STORED)
+b = bytearray(open(os.path.join(d, "encrypted-flag.zip"), "rb").read())
+b[6] |= 1; b[b.rfind(b"PK\x01\x02") + 8] |= 1
+open(os.path.join(d, "encrypted-flag.zip"), "wb").write(b)
+PY
+cp "$c/read_zip/bare.zip" "$c/detect/"
 ls -R "$c" | head -40
 # What the fuzzers found is added beside the seeds (30 inputs a target, named by their hash):
 #   cargo fuzz run -s none -O TARGET /tmp/TARGET fuzz/corpus/TARGET -- -max_total_time=600

@@ -5,6 +5,7 @@
 use std::io::Read;
 use std::path::Path;
 
+use crate::archive::Content;
 use crate::archive::manifest::Metadata;
 use crate::inspect::Extraction;
 use crate::progress::Silent;
@@ -47,8 +48,18 @@ impl Extraction for Discard {
 
 /// The archive reader as inspect drives it, and as verify and restore drive it.
 pub fn read_archive(data: &[u8]) {
-    let _ = crate::inspect::inspect(Box::new(data), &Silent);
-    let _ = crate::inspect::extract(Box::new(data), &mut Discard, &Silent);
+    let _ = crate::inspect::inspect(Content::Stream(Box::new(data)), &Silent);
+    let _ = crate::inspect::extract(Content::Stream(Box::new(data)), &mut Discard, &Silent);
+}
+
+/// The zip reader, as inspect and as verify and restore drive it.
+pub fn read_zip(data: &[u8]) {
+    let file = |d: &[u8]| Content::File {
+        reader: Box::new(std::io::Cursor::new(d.to_vec())),
+        size: d.len() as u64,
+    };
+    let _ = crate::inspect::inspect(file(data), &Silent);
+    let _ = crate::inspect::extract(file(data), &mut Discard, &Silent);
 }
 
 /// The manifest's header and entries.
@@ -93,6 +104,7 @@ pub type Entry = fn(&[u8]);
 pub const TARGETS: &[(&str, Entry)] = &[
     ("detect", detect),
     ("read_archive", read_archive),
+    ("read_zip", read_zip),
     ("manifest", manifest),
     ("metadata", metadata),
     ("dump_header", dump_header),

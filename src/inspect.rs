@@ -13,7 +13,7 @@ use crate::archive::dump_header::{self, DumpHeader};
 use crate::archive::layout::{DUMP, METADATA, Member};
 use crate::archive::manifest::{self, METADATA_LIMIT, ManifestEntry, ManifestSpool, Metadata};
 use crate::archive::reader::{Visitor, walk_tar};
-use crate::archive::{Compression, Input, Variant};
+use crate::archive::{Compression, Content, Input, Variant};
 use crate::crypt::Keys;
 use crate::error::{Error, Result};
 use crate::pg::PgTools;
@@ -65,14 +65,20 @@ impl<R: Read> Read for ProgressReader<'_, R> {
     }
 }
 
+impl<R: std::io::Seek> std::io::Seek for ProgressReader<'_, R> {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.inner.seek(pos)
+    }
+}
+
 /// Describes the archive read from `input`.
-pub fn inspect(input: Input<'_>, progress: &dyn Progress) -> Result<Report> {
+pub fn inspect(input: Content<'_>, progress: &dyn Progress) -> Result<Report> {
     examine(input, None, None, progress)
 }
 
 /// Proves the archive read from `input` complete and intact, or says what is wrong.
 /// `tools` supplies the `pg_restore` that reads the dump.
-pub fn verify(input: Input<'_>, tools: &PgTools, progress: &dyn Progress) -> Result<Report> {
+pub fn verify(input: Content<'_>, tools: &PgTools, progress: &dyn Progress) -> Result<Report> {
     examine(input, Some(tools), None, progress)
 }
 
@@ -100,7 +106,7 @@ pub trait Extraction {
 /// runs pg_restore), handing the dump and the tree to `into`. A failure leaves whatever `into`
 /// wrote for the caller to remove.
 pub fn extract(
-    input: Input<'_>,
+    input: Content<'_>,
     into: &mut dyn Extraction,
     progress: &dyn Progress,
 ) -> Result<Report> {
@@ -108,16 +114,40 @@ pub fn extract(
 }
 
 fn examine(
-    input: Input<'_>,
+    input: Content<'_>,
     tools: Option<&PgTools>,
     into: Option<&mut dyn Extraction>,
     progress: &dyn Progress,
 ) -> Result<Report> {
+    let input = match input {
+        Content::Stream(input) => input,
+        Content::File { reader, size } => {
+            let reader = ProgressReader {
+                inner: reader,
+                progress,
+            };
+            return match into {
+                Some(into) => {
+                    into.variant_known(Variant::Files)?;
+                    let report = examine_zip(reader, size, tools, Some(&mut *into))?;
+                    into.finish()?;
+                    Ok(report)
+                }
+                None => examine_zip(reader, size, tools, None),
+            };
+        }
+    };
     let input: Input<'_> = Box::new(ProgressReader {
         inner: input,
         progress,
     });
     let opened = detect::open(input)?;
+    if opened.detected.container == Container::Zip {
+        return Err(Error::usage(
+            "the input is a zip, which can be read only from a file (its index is at its end)",
+        )
+        .with_hint("save it to a file and give that file's path"));
+    }
     let d = opened.detected.clone();
     let report = match into {
         Some(into) => {
@@ -126,14 +156,14 @@ fn examine(
             }
             let report = match d.container {
                 Container::Dump => examine_dump(opened, tools, Some(&mut *into))?,
-                Container::Tar => examine_tar(opened, tools, Some(&mut *into))?,
+                Container::Tar | Container::Zip => examine_tar(opened, tools, Some(&mut *into))?,
             };
             into.finish()?;
             report
         }
         None => match d.container {
             Container::Dump => examine_dump(opened, tools, None)?,
-            Container::Tar => examine_tar(opened, tools, None)?,
+            Container::Tar | Container::Zip => examine_tar(opened, tools, None)?,
         },
     };
     Ok(report)
@@ -433,6 +463,33 @@ fn examine_tar(
     into: Option<&mut dyn Extraction>,
 ) -> Result<Report> {
     let compression = opened.detected.compression;
+    let mut content = opened.content;
+    examine_members(compression, Container::Tar, tools, into, &mut |ex| {
+        crate::archive::codec::with_read_ahead(&mut *content, |r| walk_tar(r, ex))
+    })
+}
+
+fn examine_zip(
+    reader: impl Read + std::io::Seek,
+    size: u64,
+    tools: Option<&PgTools>,
+    into: Option<&mut dyn Extraction>,
+) -> Result<Report> {
+    let mut reader = Some(reader);
+    examine_members(Compression::None, Container::Zip, tools, into, &mut |ex| {
+        let reader = reader.take().expect("the zip is walked once");
+        crate::archive::zipped::walk_zip(reader, size, ex)
+    })
+}
+
+/// Walks the members of a tar or zip with `walk` and makes the report of what it saw.
+fn examine_members(
+    compression: Compression,
+    container: Container,
+    tools: Option<&PgTools>,
+    into: Option<&mut dyn Extraction>,
+    walk: &mut dyn FnMut(&mut Examiner<'_, '_>) -> Result<crate::archive::reader::Walked>,
+) -> Result<Report> {
     let verifying = tools.is_some() || into.is_some();
     let mut ex = Examiner {
         tools,
@@ -458,8 +515,7 @@ fn examine_tar(
         manifest_checked: 0,
         checks: Vec::new(),
     };
-    let mut content = opened.content;
-    let walked = crate::archive::codec::with_read_ahead(&mut *content, |r| walk_tar(r, &mut ex))?;
+    let walked = walk(&mut ex)?;
     let has_metadata = ex.order.contains(&"metadata");
     let has_dump = ex.dump_size.is_some();
     let variant = if has_metadata || has_dump {
@@ -469,11 +525,18 @@ fn examine_tar(
     };
     let mut warnings = Vec::new();
     if ex.verifying() {
-        ex.checks.push(format!(
-            "tar structure complete: {} members, names follow the layout, no links, no \
-             duplicates, end-of-archive marker present",
-            walked.members
-        ));
+        ex.checks.push(match container {
+            Container::Zip => format!(
+                "zip complete: {} entries, names follow the layout, no links, no duplicates, \
+                 none encrypted, sizes and CRC-32 as declared, no zip-bomb expansion",
+                walked.members
+            ),
+            _ => format!(
+                "tar structure complete: {} members, names follow the layout, no links, no \
+                 duplicates, end-of-archive marker present",
+                walked.members
+            ),
+        });
         if compression != Compression::None {
             ex.checks.push(format!(
                 "{compression} stream complete, trailer checksum good"
@@ -545,7 +608,7 @@ fn examine_tar(
         encrypted: false,
         variant,
         compression,
-        container: Container::Tar,
+        container,
         metadata: ex.metadata,
         members: walked.members,
         content_bytes: walked.content_bytes,
@@ -625,8 +688,8 @@ pub fn execute(plan: ReadPlan, progress: &dyn Progress, cancel: &Cancel) -> Resu
         },
         plan.input.size(),
     );
-    let input = cancel.reader(plan.input.into_reader());
-    let mut report = examine(Box::new(input), plan.tools.as_ref(), None, progress)
+    let input = plan.input.into_content(cancel);
+    let mut report = examine(input, plan.tools.as_ref(), None, progress)
         .map_err(|e| cancel.explain(e).context(format!("reading {name}")))?;
     report.archive = Some(name);
     report.ok = plan.tools.is_some().then_some(true);

@@ -28,6 +28,28 @@ pub struct PrepareOptions {
     pub pg_bin: Option<PathBuf>,
     pub allow_running: bool,
     pub model_version: Option<String>,
+    /// Also write the uploaded files on their own, in the form the older upload page takes.
+    pub files_as: Option<FilesFormat>,
+}
+
+/// The forms the cloud's upload takes uploaded files in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilesFormat {
+    Zip,
+    #[serde(rename = "tar.gz")]
+    TarGz,
+}
+
+impl std::str::FromStr for FilesFormat {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "zip" => Ok(FilesFormat::Zip),
+            "tar.gz" | "tgz" => Ok(FilesFormat::TarGz),
+            other => Err(format!("{other:?} is not zip or tar.gz")),
+        }
+    }
 }
 
 impl PrepareOptions {
@@ -43,6 +65,7 @@ impl PrepareOptions {
             pg_bin: None,
             allow_running: false,
             model_version: None,
+            files_as: None,
         })
     }
 }
@@ -53,6 +76,11 @@ pub struct PrepareReport {
     pub full_snapshot_bytes: u64,
     pub database_file: PathBuf,
     pub database_file_bytes: u64,
+    /// The uploaded files on their own (`--files-as`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files_archive: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files_archive_bytes: Option<u64>,
     pub dump_archive_version: String,
     pub files_bytes: u64,
     pub files: FileCounts,
@@ -66,6 +94,7 @@ pub struct Plan {
     output_dir: PathBuf,
     full: PathBuf,
     database_file: PathBuf,
+    files_archive: Option<(PathBuf, FilesFormat)>,
     checks: Vec<String>,
     warnings: Vec<String>,
 }
@@ -74,6 +103,8 @@ pub struct Plan {
 pub struct PlanView {
     pub full_snapshot: PathBuf,
     pub database_file: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files_archive: Option<PathBuf>,
     pub checks: Vec<String>,
     pub warnings: Vec<String>,
     pub create: create::PlanView,
@@ -84,6 +115,7 @@ impl Plan {
         PlanView {
             full_snapshot: self.full.clone(),
             database_file: self.database_file.clone(),
+            files_archive: self.files_archive.as_ref().map(|(p, _)| p.clone()),
             checks: self.checks.clone(),
             warnings: self.warnings.clone(),
             create: self.create.view(),
@@ -153,6 +185,19 @@ pub fn plan(opts: PrepareOptions) -> Result<Plan> {
         &tag,
         &stamp,
     ));
+    let files_archive = opts.files_as.map(|format| {
+        let ext = match format {
+            FilesFormat::Zip => "zip",
+            FilesFormat::TarGz => "tar.gz",
+        };
+        (
+            opts.output_dir.join(format!("files-{tag}-{stamp}.{ext}")),
+            format,
+        )
+    });
+    if let Some((path, _)) = &files_archive {
+        crate::output::PendingFile::check_target(path, false)?;
+    }
     let create = create::plan(CreateOptions {
         database: opts.database.clone(),
         files: Some(opts.files.clone()),
@@ -167,6 +212,7 @@ pub fn plan(opts: PrepareOptions) -> Result<Plan> {
         output_dir: opts.output_dir,
         full,
         database_file,
+        files_archive,
         checks,
         warnings,
     })
@@ -179,6 +225,7 @@ pub fn execute(plan: Plan, progress: &dyn Progress, cancel: &Cancel) -> Result<P
         output_dir,
         full,
         database_file,
+        files_archive,
         mut checks,
         mut warnings,
     } = plan;
@@ -222,9 +269,23 @@ pub fn execute(plan: Plan, progress: &dyn Progress, cancel: &Cancel) -> Result<P
         ));
     }
     let size = |p: &PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    if let Some((path, format)) = &files_archive {
+        progress.stage("writing the uploaded files on their own", Some(size(&full)));
+        if let Err(e) = write_files_archive(&full, path, *format, progress, cancel) {
+            let _ = std::fs::remove_file(&full);
+            let _ = std::fs::remove_file(&database_file);
+            return Err(cancel.explain(e));
+        }
+        checks.push(format!(
+            "{} holds the same files as the full snapshot",
+            path.display()
+        ));
+    }
     Ok(PrepareReport {
         full_snapshot_bytes: size(&full),
         database_file_bytes: size(&database_file),
+        files_archive_bytes: files_archive.as_ref().map(|(p, _)| size(p)),
+        files_archive: files_archive.map(|(p, _)| p),
         full_snapshot: full,
         database_file,
         dump_archive_version: header.archive_version,
@@ -233,4 +294,102 @@ pub fn execute(plan: Plan, progress: &dyn Progress, cancel: &Cancel) -> Result<P
         checks,
         warnings,
     })
+}
+
+/// Copies the `tree/` of the full snapshot just written into a zip or a files-only tar.gz, so
+/// both hold exactly the same files (read back through every check of a restore).
+fn write_files_archive(
+    full: &std::path::Path,
+    target: &std::path::Path,
+    format: FilesFormat,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<()> {
+    use crate::archive::layout::Member;
+    use crate::archive::reader::{Visitor, walk_tar};
+    use crate::archive::writer::{MemberInfo, TarOptions, TarWriter, now_secs};
+    use crate::archive::zipped::ZipFilesWriter;
+    use std::io::{Read, Write};
+
+    // One of each per run: the size difference does not matter.
+    #[allow(clippy::large_enum_variant)]
+    enum Sink<'p> {
+        Zip(ZipFilesWriter<std::fs::File>),
+        Tar(TarWriter<'p, std::io::BufWriter<crate::output::WriteBehind>>),
+    }
+    struct Copy<'p> {
+        sink: Option<Sink<'p>>,
+        mtime: u64,
+    }
+    impl Visitor for Copy<'_> {
+        fn content(&mut self, member: &Member, size: u64, data: &mut dyn Read) -> Result<()> {
+            let Member::TreeFile(rel) = member else {
+                return Ok(());
+            };
+            let written = match self.sink.as_mut().expect("a sink until the end") {
+                Sink::Zip(z) => z.add(rel, size, data),
+                Sink::Tar(t) => t.append(
+                    &MemberInfo {
+                        path: &member.path(),
+                        size,
+                        mode: 0o644,
+                        mtime: self.mtime,
+                    },
+                    data,
+                ),
+            };
+            written.map_err(|e| {
+                if crate::progress::is_cancelled_io(&e) {
+                    Error::cancelled()
+                } else {
+                    Error::io(format!("writing {rel} into the files archive"), e)
+                }
+            })
+        }
+        fn finished(&mut self, _m: &Member, _size: u64, _sha: &str) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    let pending = crate::output::PendingFile::create(target, false)?;
+    let sink = match format {
+        FilesFormat::Zip => {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(pending.path())
+                .map_err(|e| Error::io(format!("opening {}", pending.path().display()), e))?;
+            Sink::Zip(ZipFilesWriter::new(file))
+        }
+        FilesFormat::TarGz => {
+            let options = TarOptions {
+                compression: Compression::Gzip,
+                level: Compression::Gzip.default_level(),
+                variant: Variant::Files,
+                manifest: false,
+                comment: None,
+                hash_output: false,
+            };
+            Sink::Tar(
+                TarWriter::new(pending.writer()?, &options, progress)
+                    .map_err(|e| Error::io("starting the files archive", e))?,
+            )
+        }
+    };
+    let mut copy = Copy {
+        sink: Some(sink),
+        mtime: now_secs(),
+    };
+    let file = std::fs::File::open(full)
+        .map_err(|e| Error::io(format!("reading {}", full.display()), e))?;
+    let opened = crate::archive::detect::open(Box::new(cancel.reader(file)))?;
+    let mut content = opened.content;
+    walk_tar(&mut content, &mut copy)?;
+    let written = match copy.sink.take().expect("the sink") {
+        Sink::Zip(z) => z.finish().map(drop),
+        Sink::Tar(t) => t.finish().and_then(|(mut w, _)| w.flush()),
+    };
+    written.map_err(|e| Error::io(format!("writing {}", target.display()), e))?;
+    cancel.check()?;
+    pending.commit()?;
+    Ok(())
 }

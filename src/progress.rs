@@ -231,6 +231,13 @@ impl<R: Read> Read for CancellableReader<R> {
     }
 }
 
+impl<R: io::Seek> io::Seek for CancellableReader<R> {
+    fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+        self.cancel.check_io()?;
+        self.inner.seek(pos)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

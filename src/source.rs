@@ -11,9 +11,10 @@ use crate::archive::codec::read_full;
 use crate::archive::detect::{self, Container};
 use crate::archive::layout::METADATA;
 use crate::archive::manifest::Metadata;
-use crate::archive::{Compression, Input, Variant};
+use crate::archive::{Compression, Content, Input, Variant};
 use crate::crypt::{self, Keys};
 use crate::error::{Error, Result};
+use crate::progress::Cancel;
 
 /// Where an archive comes from.
 pub enum Source {
@@ -208,6 +209,21 @@ impl ArchiveInput {
     /// Whether it is age-encrypted (and read decrypted).
     pub fn encrypted(&self) -> bool {
         self.encrypted
+    }
+
+    /// What the reader takes: a zip in a plain file as the file (a zip is read from its end),
+    /// anything else as a stream; every read checks `cancel`.
+    pub fn into_content(self, cancel: &Cancel) -> Content<'static> {
+        let zip = self.peek.as_ref().map(|p| p.container) == Some(Container::Zip);
+        match (self.reader, self.size) {
+            (ReaderKind::File(f), Some(size)) if zip => Content::File {
+                reader: Box::new(cancel.reader(f)),
+                size,
+            },
+            (ReaderKind::File(f), _) => Content::Stream(Box::new(cancel.reader(f))),
+            (ReaderKind::Sealed(r), _) => Content::Stream(Box::new(cancel.reader(r))),
+            (ReaderKind::Stream(r), _) => Content::Stream(Box::new(cancel.reader(r))),
+        }
     }
 
     /// The bytes (decrypted), from the start.

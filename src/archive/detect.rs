@@ -20,6 +20,8 @@ const PEEK: usize = 4096;
 pub enum Container {
     Tar,
     Dump,
+    /// Uploaded files as a zip (read from a file only).
+    Zip,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +67,18 @@ pub fn open<'a>(mut raw: Input<'a>) -> Result<Opened<'a>> {
     if n == 0 {
         return Err(Error::not_an_archive("the input is empty"));
     }
+    if super::zipped::is_zip(&magic) {
+        let head = magic.clone();
+        return Ok(Opened {
+            detected: Detected {
+                compression: Compression::None,
+                container: Container::Zip,
+                variant: Some(Variant::Files),
+            },
+            head,
+            content: Box::new(Cursor::new(magic).chain(raw)),
+        });
+    }
     let compression = if magic.starts_with(GZIP_MAGIC) {
         Compression::Gzip
     } else if magic.starts_with(ZSTD_MAGIC) {
@@ -86,7 +100,9 @@ pub fn open<'a>(mut raw: Input<'a>) -> Result<Opened<'a>> {
         (Container::Tar, tar_variant(&head))
     } else {
         let what = match compression {
-            Compression::None => "neither a tar, a gzip or zstd stream, nor a pg_dump archive",
+            Compression::None => {
+                "neither a tar, a zip, a gzip or zstd stream, nor a pg_dump archive"
+            }
             Compression::Gzip => "a gzip stream holding neither a tar nor a pg_dump archive",
             Compression::Zstd => "a zstd stream holding neither a tar nor a pg_dump archive",
         };

@@ -11,6 +11,7 @@ pub mod manifest;
 pub mod pgzip;
 pub mod reader;
 pub mod writer;
+pub mod zipped;
 
 use std::fmt;
 use std::io::Read;
@@ -20,6 +21,20 @@ use serde::{Deserialize, Serialize};
 
 /// An archive being read: any byte source that can move to a reader thread.
 pub type Input<'a> = Box<dyn Read + Send + 'a>;
+
+/// A byte source that can also seek: a regular file.
+pub trait ReadSeek: Read + std::io::Seek + Send {}
+impl<T: Read + std::io::Seek + Send> ReadSeek for T {}
+
+/// An archive as the reader gets it: a stream for tar and dumps, a file for a zip (whose index
+/// is at its end).
+pub enum Content<'a> {
+    Stream(Input<'a>),
+    File {
+        reader: Box<dyn ReadSeek + 'a>,
+        size: u64,
+    },
+}
 
 /// What a snapshot holds, named as the cloud names its downloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

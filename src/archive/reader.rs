@@ -66,7 +66,7 @@ pub struct Walked {
 /// `tree/aa/bb/<uuid>` path is kept as the UUID's 16 bytes (it is spelled back from them
 /// exactly), anything else as written: memory per member stays small for large stores.
 #[derive(Default)]
-struct SeenMembers {
+pub(crate) struct SeenMembers {
     uuid_paths: HashSet<[u8; 16]>,
     other_paths: HashSet<String>,
     manifest: bool,
@@ -74,7 +74,7 @@ struct SeenMembers {
 
 impl SeenMembers {
     /// False when `path` was seen before.
-    fn insert(&mut self, path: &str) -> bool {
+    pub(crate) fn insert(&mut self, path: &str) -> bool {
         if path == super::layout::MANIFEST {
             self.manifest = true;
         }

@@ -292,6 +292,10 @@ pub struct PrepareArgs {
     /// The app's model version, recorded in .metadata.
     #[arg(long, value_name = "V")]
     pub model_version: Option<String>,
+    /// Also write the uploaded files on their own, as the cloud's older upload takes them:
+    /// zip or tar.gz (files-<tag>-<stamp>.zip).
+    #[arg(long, value_name = "zip|tar.gz")]
+    pub files_as: Option<mxsnap::prepare::FilesFormat>,
     /// Print one JSON report on stdout.
     #[arg(long)]
     pub json: bool,

@@ -442,21 +442,14 @@ pub fn execute(plan: Plan, progress: &dyn Progress, cancel: &Cancel) -> Result<R
     };
     let name = input.name().to_string();
     progress.stage("restoring", input.size());
-    let reader = cancel.reader(input.into_reader());
+    let content = input.into_content(cancel);
     let settings = stage::Settings {
         variant,
         jobs,
         keep_previous,
     };
-    let mut report = run(
-        &env,
-        &settings,
-        Box::new(reader),
-        model_version,
-        progress,
-        cancel,
-    )
-    .map_err(|e| cancel.explain(e).context(format!("restoring {name}")))?;
+    let mut report = run(&env, &settings, content, model_version, progress, cancel)
+        .map_err(|e| cancel.explain(e).context(format!("restoring {name}")))?;
     report.seconds = started.elapsed().as_secs_f64();
     report.local = local_report;
     Ok(report)
@@ -465,7 +458,7 @@ pub fn execute(plan: Plan, progress: &dyn Progress, cancel: &Cancel) -> Result<R
 fn run(
     env: &EnvPlan,
     settings: &stage::Settings,
-    input: crate::archive::Input<'_>,
+    input: crate::archive::Content<'_>,
     model_version: Option<String>,
     progress: &dyn Progress,
     cancel: &Cancel,

@@ -128,7 +128,7 @@ pub(super) fn stage(
     plan: &EnvPlan,
     settings: &Settings,
     journal: &mut Journal,
-    input: crate::archive::Input<'_>,
+    input: crate::archive::Content<'_>,
     progress: &dyn Progress,
     cancel: &Cancel,
 ) -> Result<(Report, Vec<String>)> {

@@ -189,3 +189,75 @@ fn a_database_only_backup_with_pg_dumps_own_compression_restores() {
         "the files were touched"
     );
 }
+
+/// Rewrites the tar in `src` with a GNU long-name header (`././@LongLink`, type `L`) before
+/// every file of `tree/`, whose own 100-byte name field then says only `tree/placeholder`: a
+/// reader that ignored the long name would see a name outside the layout. With `hostile`, the
+/// long name climbs out of the target instead.
+fn with_gnu_long_names(src: &Path, dst: &Path, hostile: bool) {
+    let script = r#"import tarfile, sys, gzip
+src, dst, hostile = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+def pad(b): return b + b"\0" * (-len(b) % 512)
+out = bytearray()
+with tarfile.open(src) as t:
+    for m in t.getmembers():
+        data = t.extractfile(m).read() if m.isfile() else b""
+        if m.isfile() and m.name.startswith("tree/"):
+            name = m.name
+            if hostile:
+                name = "tree/" + "x/" * 50 + "../" * 52 + "etc/evil"
+            ln = tarfile.TarInfo("././@LongLink")
+            ln.type = tarfile.GNUTYPE_LONGNAME
+            payload = name.encode() + b"\0"
+            ln.size = len(payload)
+            out += ln.tobuf(tarfile.GNU_FORMAT) + pad(payload)
+            m.name = "tree/placeholder"
+        out += m.tobuf(tarfile.GNU_FORMAT) + pad(data)
+out += b"\0" * 1024
+open(dst, "wb").write(gzip.compress(bytes(out)))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(src)
+        .arg(dst)
+        .arg(if hostile { "1" } else { "0" })
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn gnu_long_name_headers_are_read_and_a_hostile_long_name_is_refused() {
+    let db = Db::with_fixture("foreign_long");
+    let dir = tempfile::tempdir().unwrap();
+    let (plain, _) = cloud_shaped_archive(&db, dir.path(), TarStyle::Named);
+    let long = dir.path().join("long.tar.gz");
+    with_gnu_long_names(&plain, &long, false);
+    // GNU tar reads the long names too
+    let listed = tool_ok("tar", &["-tzf", long.to_str().unwrap()]);
+    assert!(!listed.contains("placeholder"), "{listed}");
+    assert_eq!(
+        listed
+            .lines()
+            .filter(|l| l.starts_with("tree/") && !l.ends_with('/'))
+            .count(),
+        expected_tree(&db).len()
+    );
+    verifies_and_restores(&db, &long, "foreign_long_target");
+
+    let hostile = dir.path().join("hostile.tar.gz");
+    with_gnu_long_names(&plain, &hostile, true);
+    let env = Env::new("foreign_long_hostile");
+    let before = env.state();
+    let run = mxsnap(&["verify", hostile.to_str().unwrap()]);
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert!(run.stderr.contains("climbs out"), "{}", run.stderr);
+    let run = env.restore(&hostile, &[]);
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert_eq!(env.state(), before);
+    env.assert_clean();
+}

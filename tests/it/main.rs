@@ -14,3 +14,4 @@ mod prepare;
 mod restore;
 mod tls;
 mod verify;
+mod zip;

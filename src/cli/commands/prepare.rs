@@ -25,6 +25,7 @@ pub fn run(args: &PrepareArgs, quiet: bool) -> anyhow::Result<()> {
             pg_bin: None,
             allow_running: false,
             model_version: None,
+            files_as: None,
         },
         (None, None) => anyhow::bail!(mxsnap::Error::usage("pass --files DIR, or --m2ee FILE")),
     };
@@ -32,6 +33,7 @@ pub fn run(args: &PrepareArgs, quiet: bool) -> anyhow::Result<()> {
         pg_bin: args.pg_bin.clone(),
         allow_running: args.allow_running,
         model_version: args.model_version.clone(),
+        files_as: args.files_as,
         ..opts
     })
     .context("preparing the upload")?;
@@ -40,6 +42,9 @@ pub fn run(args: &PrepareArgs, quiet: bool) -> anyhow::Result<()> {
         return ui::print_plan(&view, args.json, |o| {
             writeln!(o, "  full snapshot:  {}", view.full_snapshot.display())?;
             writeln!(o, "  database only:  {}", view.database_file.display())?;
+            if let Some(f) = &view.files_archive {
+                writeln!(o, "  files only:     {}", f.display())?;
+            }
             for c in &view.checks {
                 writeln!(o, "  check ok:       {c}")?;
             }
@@ -71,6 +76,14 @@ pub fn run(args: &PrepareArgs, quiet: bool) -> anyhow::Result<()> {
         human(r.database_file_bytes),
         r.dump_archive_version
     )?;
+    if let Some(f) = &r.files_archive {
+        writeln!(
+            o,
+            "  files only:     {} ({})",
+            f.display(),
+            human(r.files_archive_bytes.unwrap_or(0))
+        )?;
+    }
     let c = &r.files;
     writeln!(
         o,

@@ -40,7 +40,10 @@ fn print_report(r: &Report, verified: bool) -> anyhow::Result<()> {
         Variant::Files => "files only",
     };
     writeln!(o, "variant:      {variant}")?;
-    writeln!(o, "compression:  {}", r.compression)?;
+    match r.container {
+        mxsnap::archive::detect::Container::Zip => writeln!(o, "format:       zip (deflate)")?,
+        _ => writeln!(o, "compression:  {}", r.compression)?,
+    }
     writeln!(
         o,
         "members:      {} ({} of content)",
