@@ -27,6 +27,7 @@ pub mod pg;
 pub mod prepare;
 pub mod progress;
 pub mod restore;
+pub mod serve;
 pub mod source;
 pub mod store;
 pub mod sys;

@@ -9,7 +9,16 @@ use std::path::Path;
 
 /// Test hook: `MXSNAP_CRASH_AT=<point>` makes the process kill itself with SIGKILL at that
 /// point, exactly as `kill -9` would, so crash recovery can be tested deterministically.
+/// `MXSNAP_PAUSE_AT=<point>` instead holds the thread there for `MXSNAP_PAUSE_MS` (default
+/// 3000), so a test can signal a process in the middle of an operation.
 pub fn crash_point(point: &str) {
+    if std::env::var("MXSNAP_PAUSE_AT").is_ok_and(|p| p == point) {
+        let ms = std::env::var("MXSNAP_PAUSE_MS")
+            .ok()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(3000);
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
     if std::env::var("MXSNAP_CRASH_AT").is_ok_and(|p| p == point) {
         // SAFETY: kill on our own pid; SIGKILL does not return.
         unsafe {

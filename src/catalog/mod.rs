@@ -300,7 +300,7 @@ impl Repo {
             let mut rec: Record = serde_json::from_slice(&data).map_err(|e| {
                 Error::environment(format!("{} is not a snapshot record: {e}", path.display()))
             })?;
-            if rec.state == State::Running
+            if matches!(rec.state, State::Running | State::Queued)
                 && !rec.pid.is_some_and(|p| crate::sys::process_alive(p as i32))
             {
                 rec.state = State::Failed;
@@ -391,7 +391,7 @@ impl Repo {
     pub(crate) fn delete(&self, id: &str) -> Result<Record> {
         let _lock = self.lock()?;
         let rec = self.get(id, Tz::UTC)?;
-        if rec.state == State::Running {
+        if matches!(rec.state, State::Running | State::Queued) {
             return Err(Error::not_allowed(format!(
                 "snapshot {} is still being made (process {})",
                 rec.id,

@@ -65,6 +65,46 @@ impl CreatePlan {
 }
 
 impl CreatePlan {
+    /// The id the snapshot will have.
+    pub fn snapshot_id(&self) -> &str {
+        &self.id
+    }
+
+    /// Records the snapshot as Queued before it is made (a service answers with it at once),
+    /// making the catalogue when missing.
+    pub fn record_queued(&self) -> Result<Record> {
+        let repo = Repo::open(&self.req.repo, true)?;
+        let rec = Record {
+            id: self.id.clone(),
+            environment: self.req.environment.clone(),
+            created_by: if self.req.nightly {
+                "Nightly".into()
+            } else {
+                current_user()
+            },
+            kind: kind_of(&self.req),
+            state: State::Queued,
+            status_message: Some("queued".into()),
+            created_on: Utc::now(),
+            finished_on: None,
+            expires_on: None,
+            model_version: self.req.model_version.clone(),
+            comment: self.req.comment.clone(),
+            archive: None,
+            archive_bytes: None,
+            archive_sha256: None,
+            dump_bytes: None,
+            files_bytes: None,
+            database_bytes: None,
+            file_count: None,
+            pid: Some(std::process::id()),
+            encrypted_to: None,
+        };
+        let _lock = repo.lock()?;
+        repo.save(&rec)?;
+        Ok(rec)
+    }
+
     /// What will be done; `None` when the create cannot run (see [`checked`](Self::checked)).
     pub fn view(&self) -> Option<CreatePlanView> {
         let create = self.create.as_ref().ok()?.view();

@@ -48,6 +48,25 @@ pub enum Command {
         #[command(subcommand)]
         action: EnvAction,
     },
+    /// Serve the cloud's Backups API (v1 and v2) over a catalogue (see README, "serve").
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ServeArgs {
+    #[command(subcommand)]
+    pub action: Option<ServeAction>,
+    /// The service's TOML configuration (readable by its owner only).
+    #[arg(long, value_name = "FILE", required = false)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServeAction {
+    /// Print the key_sha256 of an API key read from standard input (never from the command
+    /// line), for a [[users]] entry.
+    HashKey,
 }
 
 #[derive(Debug, Subcommand)]

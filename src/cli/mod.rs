@@ -30,6 +30,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::PrepareUpload(a) => commands::prepare::run(a, quiet),
         Command::Snapshots { action } => commands::snapshots::run(action, quiet),
         Command::Env { action } => commands::env::run(action, quiet),
+        Command::Serve(a) => commands::serve::run(a),
     }
 }
 

@@ -12,6 +12,7 @@ mod foreign;
 mod operations;
 mod prepare;
 mod restore;
+mod serve;
 mod tls;
 mod verify;
 mod zip;

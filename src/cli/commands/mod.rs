@@ -5,4 +5,5 @@ pub mod env;
 pub mod prepare;
 pub mod read;
 pub mod restore;
+pub mod serve;
 pub mod snapshots;

@@ -1,0 +1,306 @@
+//! The service's jobs: each long task (making a snapshot, preparing an archive, a restore) runs
+//! on a thread of its own, one per environment at a time, and is a record in the catalogue
+//! (`serve/jobs/<id>.json`), so a job outlives the request that started it and is still there
+//! after a restart; one that was running when the server died is failed as "interrupted".
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::output::write_json_atomically;
+use crate::progress::{Cancel, Tracker};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    Snapshot,
+    Archive,
+    Restore,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    Running,
+    Completed,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    pub kind: JobKind,
+    /// The environment it works on (the catalogue's name: `<app>.<Mode>`).
+    pub environment: String,
+    pub state: JobState,
+    pub status_message: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The snapshot made, archived or restored.
+    pub snapshot_id: Option<String>,
+    /// Archives: `files_and_database`, `database_only` or `files_only`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_type: Option<String>,
+    /// Restores: the environment the snapshot came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_environment: Option<String>,
+    /// Archives: until when the download link is good.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_expires_at: Option<DateTime<Utc>>,
+}
+
+impl Job {
+    pub fn new(kind: JobKind, environment: &str) -> Job {
+        let now = Utc::now();
+        Job {
+            id: uuid::Uuid::new_v4().to_string(),
+            kind,
+            environment: environment.to_string(),
+            state: JobState::Queued,
+            status_message: Some("queued".into()),
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+            snapshot_id: None,
+            data_type: None,
+            source_environment: None,
+            url_expires_at: None,
+        }
+    }
+}
+
+/// What a finished job hands back for its record.
+#[derive(Debug, Default)]
+pub struct Done {
+    pub message: Option<String>,
+    pub url_expires_at: Option<DateTime<Utc>>,
+}
+
+/// A claim on an environment, taken before a job is planned so that two requests cannot both
+/// start one; released when dropped unless a job took it over.
+pub struct Ticket {
+    jobs: Arc<JobsInner>,
+    environment: String,
+    taken: bool,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.taken {
+            self.jobs.lock().busy.remove(&self.environment);
+        }
+    }
+}
+
+struct State {
+    /// Environment -> the job (or the pending claim, "") holding it.
+    busy: HashMap<String, String>,
+    /// Running jobs' progress.
+    trackers: HashMap<String, Arc<Tracker>>,
+    /// Snapshot id -> the job making it.
+    making: HashMap<String, String>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+struct JobsInner {
+    dir: PathBuf,
+    state: Mutex<State>,
+    cancel: Cancel,
+}
+
+impl JobsInner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn save(&self, job: &Job) -> Result<()> {
+        write_json_atomically(&self.dir.join(format!("{}.json", job.id)), job)
+    }
+}
+
+#[derive(Clone)]
+pub struct Jobs(Arc<JobsInner>);
+
+/// "42% of 1.2 GiB": how far a job is, from its tracker.
+fn progress_message(t: &Tracker) -> String {
+    let s = t.status();
+    let stage = s.stage.unwrap_or_else(|| "starting".into());
+    match s.bytes_total {
+        Some(total) if total > 0 => format!(
+            "{stage}: {} of {total} bytes ({}%)",
+            s.bytes_done.min(total),
+            s.bytes_done.min(total) * 100 / total
+        ),
+        _ if s.bytes_done > 0 => format!("{stage}: {} bytes", s.bytes_done),
+        _ => stage,
+    }
+}
+
+impl Jobs {
+    /// Opens the job records in `dir`; those left queued or running by a server that is gone
+    /// are failed as interrupted. `cancel` stops every running job (the server's shutdown).
+    pub fn open(dir: PathBuf, cancel: Cancel) -> Result<(Jobs, Vec<Job>)> {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let inner = JobsInner {
+            dir: dir.clone(),
+            state: Mutex::new(State {
+                busy: HashMap::new(),
+                trackers: HashMap::new(),
+                making: HashMap::new(),
+                threads: Vec::new(),
+            }),
+            cancel,
+        };
+        let mut interrupted = Vec::new();
+        for entry in std::fs::read_dir(&dir)
+            .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?
+        {
+            let path = entry
+                .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?
+                .path();
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let Ok(text) = std::fs::read(&path) else {
+                continue;
+            };
+            let Ok(mut job) = serde_json::from_slice::<Job>(&text) else {
+                continue;
+            };
+            if matches!(job.state, JobState::Queued | JobState::Running) {
+                job.state = JobState::Failed;
+                job.status_message = Some("interrupted: the server stopped while it ran".into());
+                job.finished_at = Some(Utc::now());
+                job.updated_at = Utc::now();
+                inner.save(&job)?;
+                interrupted.push(job);
+            }
+        }
+        Ok((Jobs(Arc::new(inner)), interrupted))
+    }
+
+    /// Claims `environment` for a job about to be planned; `None` while another job holds it.
+    pub fn claim(&self, environment: &str) -> Option<Ticket> {
+        let mut s = self.0.lock();
+        if s.busy.contains_key(environment) {
+            return None;
+        }
+        s.busy.insert(environment.to_string(), String::new());
+        Some(Ticket {
+            jobs: self.0.clone(),
+            environment: environment.to_string(),
+            taken: false,
+        })
+    }
+
+    /// Records `job` as queued and runs `work` on a thread of its own, holding the ticket's
+    /// environment until it ends.
+    pub fn start(
+        &self,
+        mut ticket: Ticket,
+        job: Job,
+        work: impl FnOnce(&Tracker, &Cancel) -> Result<Done> + Send + 'static,
+    ) -> Result<Job> {
+        self.0.save(&job)?;
+        let tracker = Arc::new(Tracker::new());
+        {
+            let mut s = self.0.lock();
+            s.busy.insert(ticket.environment.clone(), job.id.clone());
+            s.trackers.insert(job.id.clone(), tracker.clone());
+            if let (JobKind::Snapshot, Some(snap)) = (job.kind, &job.snapshot_id) {
+                s.making.insert(snap.clone(), job.id.clone());
+            }
+        }
+        ticket.taken = true;
+        let inner = self.0.clone();
+        let environment = ticket.environment.clone();
+        let mut record = job.clone();
+        let thread = std::thread::spawn(move || {
+            record.state = JobState::Running;
+            record.status_message = Some("running".into());
+            record.updated_at = Utc::now();
+            let _ = inner.save(&record);
+            let result = work(&tracker, &inner.cancel);
+            let now = Utc::now();
+            record.updated_at = now;
+            record.finished_at = Some(now);
+            match result {
+                Ok(done) => {
+                    record.state = JobState::Completed;
+                    record.status_message =
+                        Some(done.message.unwrap_or_else(|| "completed".into()));
+                    record.url_expires_at = done.url_expires_at;
+                }
+                Err(e) => {
+                    record.state = JobState::Failed;
+                    let mut message = e.message().to_string();
+                    if let Some(h) = e.hint() {
+                        message.push_str(&format!(" ({h})"));
+                    }
+                    record.status_message = Some(message);
+                }
+            }
+            let _ = inner.save(&record);
+            let mut s = inner.lock();
+            s.busy.remove(&environment);
+            s.trackers.remove(&record.id);
+            s.making.retain(|_, j| *j != record.id);
+        });
+        let mut s = self.0.lock();
+        s.threads.retain(|t| !t.is_finished());
+        s.threads.push(thread);
+        Ok(job)
+    }
+
+    /// A job as it stands (a running one's message says how far it is).
+    pub fn get(&self, id: &str) -> Option<Job> {
+        uuid::Uuid::parse_str(id).ok()?;
+        let text = std::fs::read(self.0.dir.join(format!("{id}.json"))).ok()?;
+        let mut job: Job = serde_json::from_slice(&text).ok()?;
+        if job.state == JobState::Running {
+            if let Some(t) = self.0.lock().trackers.get(id) {
+                job.status_message = Some(progress_message(t));
+            }
+        }
+        Some(job)
+    }
+
+    /// The job making snapshot `id`, while it runs.
+    pub fn running_for_snapshot(&self, id: &str) -> Option<Job> {
+        let job = self.0.lock().making.get(id).cloned()?;
+        self.get(&job)
+    }
+
+    /// Waits for the job to end and returns its record.
+    pub fn wait(&self, id: &str) -> Option<Job> {
+        loop {
+            let job = self.get(id)?;
+            if matches!(job.state, JobState::Completed | JobState::Failed) {
+                return Some(job);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Whether any job holds `environment`.
+    pub fn busy(&self, environment: &str) -> bool {
+        self.0.lock().busy.contains_key(environment)
+    }
+
+    /// Waits for every job thread (after the cancel was set, they end quickly: a restore
+    /// rolls back, a create removes its partial archive).
+    pub fn join_all(&self) {
+        let threads = std::mem::take(&mut self.0.lock().threads);
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
