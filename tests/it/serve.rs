@@ -810,3 +810,147 @@ fn a_crashed_server_fails_its_jobs_and_sigterm_leaves_a_restore_undone() {
     server.kill();
     let _ = harness::server();
 }
+
+/// The fields a schema of the OpenAPI description requires are all in `value`.
+fn conforms(spec: &Value, schema: &str, value: &Value) {
+    let required = spec["components"]["schemas"][schema]["required"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no schema {schema}"));
+    for field in required {
+        let f = field.as_str().unwrap();
+        assert!(value.get(f).is_some(), "{schema}: {f} missing in {value}");
+    }
+}
+
+#[test]
+fn the_openapi_description_matches_what_the_service_does() {
+    let s = setup("srvapi");
+    let server = start(&s, &[]);
+    let spec = server
+        .call("GET", "/api/openapi.json", None, None, &[])
+        .json();
+    let mut operations = 0;
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        let concrete = path
+            .replace("{AppId}", "calc")
+            .replace("{Mode}", "acceptance")
+            .replace("{ProjectId}", PROJECT)
+            .replace("{EnvironmentId}", ACC)
+            .replace("{Token}", "not-a-token")
+            .replace("{SnapshotId}", "0c982ca3-621f-40e9-9c6e-96492934170a")
+            .replace("{ArchiveId}", "0c982ca3-621f-40e9-9c6e-96492934170b")
+            .replace("{RestoreId}", "0c982ca3-621f-40e9-9c6e-96492934170c");
+        for method in ["get", "post", "put", "delete"] {
+            let Some(op) = item.get(method) else {
+                continue;
+            };
+            operations += 1;
+            // Without a key: every operation exists and answers one of its documented statuses.
+            let r = server.call(&method.to_uppercase(), &concrete, None, None, &[]);
+            let documented: Vec<&String> = op["responses"].as_object().unwrap().keys().collect();
+            assert!(
+                documented.contains(&&r.status.to_string()),
+                "{method} {path}: {} is not among {documented:?}: {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            );
+            if r.status >= 400 && r.header("content-type") == Some("application/json") {
+                conforms(&spec, "Error", &r.json());
+            }
+            // With one: still a documented status, and the body has the schema's fields.
+            let r = server.call(
+                &method.to_uppercase(),
+                &concrete,
+                Some(ALICE),
+                Some(""),
+                &[],
+            );
+            assert!(
+                documented.contains(&&r.status.to_string()),
+                "{method} {path} (signed in): {} is not among {documented:?}: {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            );
+            let schema =
+                op["responses"][r.status.to_string()]["content"]["application/json"]["schema"]
+                    .clone();
+            if let Some(name) = schema["$ref"].as_str() {
+                conforms(&spec, name.rsplit('/').next().unwrap(), &r.json());
+            }
+        }
+    }
+    assert_eq!(operations, 15);
+    // a snapshot made and listed has every field of its schema
+    let snaps = format!("{}/snapshots", v2(ACC));
+    let id = server.post(&snaps, ALICE, "").json()["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let done = poll(&server, &format!("{snaps}/{id}"), finished).json();
+    conforms(&spec, "Snapshot", &done);
+    conforms(&spec, "SnapshotPage", &server.get(&snaps, ALICE).json());
+    let v1_list = server
+        .get(&format!("{}/snapshots", v1("acceptance")), ALICE)
+        .json();
+    conforms(&spec, "SnapshotV1", &v1_list[0]);
+    conforms(
+        &spec,
+        "LinksV1",
+        &server
+            .get(&format!("{}/snapshots/{id}", v1("acceptance")), ALICE)
+            .json(),
+    );
+    server.kill();
+}
+
+#[test]
+fn a_missed_night_is_logged_and_made_up() {
+    let s = setup("srvnight");
+    let server = start(&s, &[]);
+    server.kill();
+    // The service last made its nightly snapshots two days ago; the schedule is midnight UTC.
+    let two_days_ago = chrono::Utc::now() - chrono::Duration::days(2);
+    std::fs::write(
+        s.dir.path().join("repo/serve/schedule.json"),
+        serde_json::json!({"last_night": two_days_ago.format("%Y-%m-%dT00:00:00Z").to_string()})
+            .to_string(),
+    )
+    .unwrap();
+    let mut config = std::fs::read_to_string(&s.config).unwrap();
+    config.push_str("\n[schedule]\ntime = \"00:00\"\nzone = \"UTC\"\n");
+    std::fs::write(&s.config, config).unwrap();
+    let server = start(&s, &[]);
+    let snaps = format!("{}/snapshots", v2(ACC));
+    let listed = poll(&server, &snaps, |r| {
+        r.json()["snapshots"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["state"] == "completed"))
+    })
+    .json();
+    let id = listed["snapshots"][0]["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let record: Value = serde_json::from_slice(
+        &std::fs::read(s.dir.path().join(format!("repo/snapshots/{id}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["created_by"], "Nightly");
+    let t0 = Instant::now();
+    while !server
+        .log
+        .lock()
+        .unwrap()
+        .contains("next nightly snapshots at")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "{}",
+            server.log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = server.log.lock().unwrap().clone();
+    assert!(log.contains("were missed"), "{log}");
+    server.terminate();
+}

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# `mxsnap serve` under load, on loopback: 50 clients listing snapshots (v1) while 8 clients
+# download the same full snapshot of a SIZE_MB store through its signed link.
+# Reports list latency p50/p99, each download's throughput against `cat` of the archive file
+# (page cache warm for both), and the service's peak RSS.
+# Usage: benches/serve.sh [SIZE_MB]   (default 1024). Needs PostgreSQL's server binaries (a
+# managed local environment holds the database) and curl. Run it on an idle machine.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"; root="$(dirname "$here")"
+mb=${1:-1024}
+listers=50; downloaders=8; max_lists=400
+(cd "$root" && cargo build --release --quiet)
+mx="$root/target/release/mxsnap"
+work=$(mktemp -d /var/tmp/mxsnap-serve.XXXXXX); chmod 755 "$work"
+pid=""
+cleanup() {
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+  "$mx" env stop "$work/env" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# A database (a managed local environment) and a store of SIZE_MB.
+mkdir -p "$work/tiny/aa/bb"; echo tiny > "$work/tiny/aa/bb/aabbcccc-0000-4000-8000-000000000000"
+"$mx" create -q --variant files --all-files --files "$work/tiny" --output "$work/tiny.tar.gz"
+"$mx" restore -q --yes "$work/tiny.tar.gz" --into "$work/env"
+url=$("$mx" env status "$work/env" --json | python3 -c 'import json,sys; s=json.load(sys.stdin)["settings"]; print("postgresql://%s:%s@%s:%d/%s" % (s["user"], s.get("password") or "", s["host"], s["port"], s["database"]))')
+python3 "$here/gen_store.py" "$work/store" "$mb" > /dev/null 2>&1
+
+key=bench-key-$$
+cat > "$work/serve.toml" <<END
+listen = "127.0.0.1:0"
+repo = "$work/repo"
+[[apps]]
+id = "bench"
+[[apps.environments]]
+mode = "Acceptance"
+database = "$url"
+files = "$work/store"
+[[users]]
+name = "bench@example.com"
+key_sha256 = "$(echo "$key" | "$mx" serve hash-key)"
+environments = ["*"]
+END
+chmod 600 "$work/serve.toml"
+"$mx" serve --config "$work/serve.toml" 2> "$work/serve.log" &
+pid=$!
+for _ in $(seq 100); do grep -q "listening on" "$work/serve.log" && break; sleep 0.1; done
+base=$(grep -o 'http://[0-9.:]*' "$work/serve.log" | head -1)
+api="$base/api/1/apps/bench/environments/acceptance"
+auth=(-H "Mendix-Username: bench@example.com" -H "Mendix-ApiKey: $key")
+
+id=$(curl -sf "${auth[@]}" -X POST "$api/snapshots" | python3 -c 'import json,sys; print(json.load(sys.stdin)["SnapshotID"])')
+until links=$(curl -sf "${auth[@]}" "$api/snapshots/$id"); do sleep 1; done
+link=$(echo "$links" | python3 -c 'import json,sys; print(json.load(sys.stdin)["DatabaseAndFiles"])')
+archive=$(ls "$work"/repo/archives/*)
+size=$(stat -c %s "$archive")
+cat "$archive" > /dev/null   # warm the page cache for both sides
+start=$(date +%s.%N); cat "$archive" > /dev/null; end=$(date +%s.%N)
+cat_mbs=$(echo "$size / ($end - $start) / 1048576" | bc -l)
+
+# The load: downloaders first, then the listers until the downloads end (or max_lists each).
+for i in $(seq $downloaders); do
+  curl -s -o /dev/null -w '%{speed_download} %{size_download}\n' "$link" > "$work/dl.$i" &
+done
+dl_pids=$(jobs -p | tail -n $downloaders)
+for i in $(seq $listers); do
+  ( n=0; while [ $n -lt $max_lists ] && [ ! -e "$work/done" ]; do
+      curl -s -o /dev/null -w '%{time_total} %{http_code}\n' "${auth[@]}" "$api/snapshots"
+      n=$((n + 1))
+    done > "$work/ls.$i" ) &
+done
+for p in $dl_pids; do wait "$p"; done
+touch "$work/done"; wait $(jobs -p | grep -v "^$pid$") 2>/dev/null || true
+
+peak=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+cat "$work"/ls.* | awk '$2 != 200 {bad++} END {if (bad) print bad, "listings failed"}'
+cat "$work"/ls.* | awk '{print $1}' | sort -n > "$work/lat"
+n=$(wc -l < "$work/lat")
+p50=$(sed -n "$(( (n + 1) / 2 ))p" "$work/lat"); p99=$(sed -n "$(( (n * 99 + 99) / 100 ))p" "$work/lat")
+echo "archive: $((size / 1048576)) MiB; cat: $(printf %.0f "$cat_mbs") MiB/s"
+echo "listings: $n, p50 $(echo "$p50 * 1000" | bc -l | xargs printf %.1f) ms, p99 $(echo "$p99 * 1000" | bc -l | xargs printf %.1f) ms"
+for i in $(seq $downloaders); do
+  read -r speed got < "$work/dl.$i"
+  [ "$got" = "$size" ] || echo "download $i got $got of $size bytes"
+  echo "download $i: $(echo "$speed / 1048576" | bc -l | xargs printf %.0f) MiB/s ($(echo "$speed / 1048576 / $cat_mbs" | bc -l | xargs printf %.2f) of cat)"
+done
+echo "serve peak RSS: $(echo "$peak / 1024" | bc -l | xargs printf %.1f) MiB"
