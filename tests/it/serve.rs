@@ -760,9 +760,17 @@ fn a_crashed_server_fails_its_jobs_and_sigterm_leaves_a_restore_undone() {
         .as_str()
         .unwrap()
         .to_string();
-    poll(&server, &format!("{snaps}/{id}"), |r| {
+    let running = poll(&server, &format!("{snaps}/{id}"), |r| {
         r.json()["state"] == "running"
     });
+    let message = running.json()["status_message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        message.contains(" of ") && message.contains("bytes"),
+        "a running job says how far it is: {message}"
+    );
     server.kill();
     let server = start(&s, &[]);
     let after = server.get(&format!("{snaps}/{id}"), ALICE).json();
@@ -808,6 +816,38 @@ fn a_crashed_server_fails_its_jobs_and_sigterm_leaves_a_restore_undone() {
         .json();
     assert_eq!(job["state"], "failed", "{job}");
     server.kill();
+
+    // a v1 restore waiting for its job when SIGTERM comes: 503 SERVICE_UNAVAILABLE, target
+    // unchanged
+    let server = start(
+        &s,
+        &[("MXSNAP_PAUSE_AT", "extract"), ("MXSNAP_PAUSE_MS", "3000")],
+    );
+    let base = server.base.clone();
+    let path = format!("{base}{}/restore/{id}", v1("test"));
+    let agent = server.agent.clone();
+    let waiting = std::thread::spawn(move || {
+        let resp = agent
+            .post(&path)
+            .header("Mendix-Username", ALICE.0)
+            .header("Mendix-ApiKey", ALICE.1)
+            .send_empty()
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body: Value = serde_json::from_reader(resp.into_body().into_reader()).unwrap();
+        (status, body)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, log) = server.terminate();
+    assert!(status.success(), "{log}");
+    let (code, body) = waiting.join().unwrap();
+    assert_eq!(
+        (code, body["errorCode"].as_str()),
+        (503, Some("SERVICE_UNAVAILABLE")),
+        "{body}"
+    );
+    assert_eq!(s.target.state(), before, "{log}");
+    s.target.assert_clean();
     let _ = harness::server();
 }
 
