@@ -8,7 +8,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"; root="$(dirname "$here")"
 mb=${1:-1024}
-listers=50; downloaders=8; max_lists=400
+listers=50; downloaders=8; max_lists=100
 (cd "$root" && cargo build --release --quiet)
 mx="$root/target/release/mxsnap"
 work=$(mktemp -d /var/tmp/mxsnap-serve.XXXXXX); chmod 755 "$work"
@@ -24,7 +24,7 @@ trap cleanup EXIT
 mkdir -p "$work/tiny/aa/bb"; echo tiny > "$work/tiny/aa/bb/aabbcccc-0000-4000-8000-000000000000"
 "$mx" create -q --variant files --all-files --files "$work/tiny" --output "$work/tiny.tar.gz"
 "$mx" restore -q --yes "$work/tiny.tar.gz" --into "$work/env"
-url=$("$mx" env status "$work/env" --json | python3 -c 'import json,sys; s=json.load(sys.stdin)["settings"]; print("postgresql://%s:%s@%s:%d/%s" % (s["user"], s.get("password") or "", s["host"], s["port"], s["database"]))')
+url=$("$mx" env status "$work/env" --json | python3 -c 'import json,sys; s=json.load(sys.stdin)["settings"]; print("postgresql://%s:%s@%s:%d/postgres" % (s["user"], s.get("password") or "", s["host"], s["port"]))')
 python3 "$here/gen_store.py" "$work/store" "$mb" > /dev/null 2>&1
 
 key=bench-key-$$
@@ -51,7 +51,12 @@ api="$base/api/1/apps/bench/environments/acceptance"
 auth=(-H "Mendix-Username: bench@example.com" -H "Mendix-ApiKey: $key")
 
 id=$(curl -sf "${auth[@]}" -X POST "$api/snapshots" | python3 -c 'import json,sys; print(json.load(sys.stdin)["SnapshotID"])')
-until links=$(curl -sf "${auth[@]}" "$api/snapshots/$id"); do sleep 1; done
+until links=$(curl -sf "${auth[@]}" "$api/snapshots/$id"); do
+  if curl -sf "${auth[@]}" "$api/snapshots" | grep -q '"State":"Failed"'; then
+    echo "the snapshot failed:"; cat "$work/serve.log"; exit 1
+  fi
+  sleep 1
+done
 link=$(echo "$links" | python3 -c 'import json,sys; print(json.load(sys.stdin)["DatabaseAndFiles"])')
 archive=$(ls "$work"/repo/archives/*)
 size=$(stat -c %s "$archive")
@@ -59,30 +64,39 @@ cat "$archive" > /dev/null   # warm the page cache for both sides
 start=$(date +%s.%N); cat "$archive" > /dev/null; end=$(date +%s.%N)
 cat_mbs=$(echo "$size / ($end - $start) / 1048576" | bc -l)
 
-# The load: downloaders first, then the listers until the downloads end (or max_lists each).
-for i in $(seq $downloaders); do
-  curl -s -o /dev/null -w '%{speed_download} %{size_download}\n' "$link" > "$work/dl.$i" &
-done
-dl_pids=$(jobs -p | tail -n $downloaders)
-for i in $(seq $listers); do
-  ( n=0; while [ $n -lt $max_lists ] && [ ! -e "$work/done" ]; do
-      curl -s -o /dev/null -w '%{time_total} %{http_code}\n' "${auth[@]}" "$api/snapshots"
-      n=$((n + 1))
-    done > "$work/ls.$i" ) &
-done
-for p in $dl_pids; do wait "$p"; done
-touch "$work/done"; wait $(jobs -p | grep -v "^$pid$") 2>/dev/null || true
-
+# 1. The downloads alone; 2. the same with 50 concurrent listing clients (one curl, 50
+# connections at once, bounded in count), so the clients' own process starts do not load the
+# machine.
+dl_pids=()
+download_all() {  # $1: tag
+  dl_pids=()
+  for i in $(seq $downloaders); do
+    curl -s -o /dev/null -w '%{speed_download} %{size_download}\n' "$link" > "$work/dl.$1.$i" &
+    dl_pids+=($!)
+  done
+}
+download_all alone
+for p in "${dl_pids[@]}"; do wait "$p"; done
+for i in $(seq $((listers * max_lists))); do echo "url = \"$api/snapshots\""; echo "output = /dev/null"; done > "$work/lists.cfg"
+download_all loaded
+curl -s -Z --no-progress-meter --parallel-max $listers -K "$work/lists.cfg" "${auth[@]}" \
+  -w '%{time_total} %{http_code}\n' > "$work/ls" &
+ls_pid=$!
+for p in "${dl_pids[@]}"; do wait "$p"; done
+# The listing keeps going after the downloads only until it has done its count.
+wait $ls_pid
 peak=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
-cat "$work"/ls.* | awk '$2 != 200 {bad++} END {if (bad) print bad, "listings failed"}'
-cat "$work"/ls.* | awk '{print $1}' | sort -n > "$work/lat"
+awk '$2 != 200 {bad++} END {if (bad) print bad, "listings failed"}' "$work/ls"
+awk '{print $1}' "$work/ls" | sort -n > "$work/lat"
 n=$(wc -l < "$work/lat")
 p50=$(sed -n "$(( (n + 1) / 2 ))p" "$work/lat"); p99=$(sed -n "$(( (n * 99 + 99) / 100 ))p" "$work/lat")
 echo "archive: $((size / 1048576)) MiB; cat: $(printf %.0f "$cat_mbs") MiB/s"
 echo "listings: $n, p50 $(echo "$p50 * 1000" | bc -l | xargs printf %.1f) ms, p99 $(echo "$p99 * 1000" | bc -l | xargs printf %.1f) ms"
-for i in $(seq $downloaders); do
-  read -r speed got < "$work/dl.$i"
-  [ "$got" = "$size" ] || echo "download $i got $got of $size bytes"
-  echo "download $i: $(echo "$speed / 1048576" | bc -l | xargs printf %.0f) MiB/s ($(echo "$speed / 1048576 / $cat_mbs" | bc -l | xargs printf %.2f) of cat)"
+for tag in alone loaded; do
+  for i in $(seq $downloaders); do
+    read -r speed got < "$work/dl.$tag.$i"
+    [ "$got" = "$size" ] || echo "download $i got $got of $size bytes"
+    echo "download $i ($tag, $downloaders at once): $(echo "$speed / 1048576" | bc -l | xargs printf %.0f) MiB/s ($(echo "$speed / 1048576 / $cat_mbs" | bc -l | xargs printf %.3f) of cat alone)"
+  done
 done
 echo "serve peak RSS: $(echo "$peak / 1024" | bc -l | xargs printf %.1f) MiB"

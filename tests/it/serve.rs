@@ -250,6 +250,14 @@ impl Server {
     }
 }
 
+/// A test that fails leaves no service behind.
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn wait_for(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let t0 = Instant::now();
     loop {
