@@ -74,32 +74,7 @@ impl CreatePlan {
     /// making the catalogue when missing.
     pub fn record_queued(&self) -> Result<Record> {
         let repo = Repo::open(&self.req.repo, true)?;
-        let rec = Record {
-            id: self.id.clone(),
-            environment: self.req.environment.clone(),
-            created_by: if self.req.nightly {
-                "Nightly".into()
-            } else {
-                current_user()
-            },
-            kind: kind_of(&self.req),
-            state: State::Queued,
-            status_message: Some("queued".into()),
-            created_on: Utc::now(),
-            finished_on: None,
-            expires_on: None,
-            model_version: self.req.model_version.clone(),
-            comment: self.req.comment.clone(),
-            archive: None,
-            archive_bytes: None,
-            archive_sha256: None,
-            dump_bytes: None,
-            files_bytes: None,
-            database_bytes: None,
-            file_count: None,
-            pid: Some(std::process::id()),
-            encrypted_to: None,
-        };
+        let rec = new_record(&self.req, &self.id, State::Queued, "queued");
         let _lock = repo.lock()?;
         repo.save(&rec)?;
         Ok(rec)
@@ -117,6 +92,36 @@ impl CreatePlan {
             archive: self.req.repo.join("archives").join(&self.archive),
             create,
         })
+    }
+}
+
+/// The record of a snapshot about to be made by this process.
+fn new_record(req: &SnapshotRequest, id: &str, state: State, message: &str) -> Record {
+    Record {
+        id: id.to_string(),
+        environment: req.environment.clone(),
+        created_by: if req.nightly {
+            "Nightly".into()
+        } else {
+            current_user()
+        },
+        kind: kind_of(req),
+        state,
+        status_message: Some(message.into()),
+        created_on: Utc::now(),
+        finished_on: None,
+        expires_on: None,
+        model_version: req.model_version.clone(),
+        comment: req.comment.clone(),
+        archive: None,
+        archive_bytes: None,
+        archive_sha256: None,
+        dump_bytes: None,
+        files_bytes: None,
+        database_bytes: None,
+        file_count: None,
+        pid: Some(std::process::id()),
+        encrypted_to: None,
     }
 }
 
@@ -189,32 +194,7 @@ pub fn execute_create(
         create,
     } = plan;
     let repo = Repo::open(&req.repo, true)?;
-    let mut rec = Record {
-        id,
-        environment: req.environment.clone(),
-        created_by: if req.nightly {
-            "Nightly".into()
-        } else {
-            current_user()
-        },
-        kind: kind_of(&req),
-        state: State::Running,
-        status_message: Some("creating the snapshot".into()),
-        created_on: Utc::now(),
-        finished_on: None,
-        expires_on: None,
-        model_version: req.model_version.clone(),
-        comment: req.comment.clone(),
-        archive: None,
-        archive_bytes: None,
-        archive_sha256: None,
-        dump_bytes: None,
-        files_bytes: None,
-        database_bytes: None,
-        file_count: None,
-        pid: Some(std::process::id()),
-        encrypted_to: None,
-    };
+    let mut rec = new_record(&req, &id, State::Running, "creating the snapshot");
     {
         let _lock = repo.lock()?;
         repo.save(&rec)?;

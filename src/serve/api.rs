@@ -79,6 +79,10 @@ impl IntoResponse for ApiError {
 
 type ApiResult = std::result::Result<Response, ApiError>;
 
+fn invalid_parameters(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "INVALID_PARAMETERS", message)
+}
+
 fn unauthorized() -> ApiError {
     ApiError::new(
         StatusCode::UNAUTHORIZED,
@@ -164,9 +168,7 @@ fn v1_env(
 ) -> Result<Environment, ApiError> {
     let user = authenticate(svc, headers)?;
     if app.is_empty() || mode.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "INVALID_PARAMETERS",
+        return Err(invalid_parameters(
             "Not enough parameters given. Please set AppId and Mode parameters.",
         ));
     }
@@ -340,11 +342,7 @@ pub async fn v1_create(
         V1CreateBody::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "INVALID_PARAMETERS",
-                format!("The body is not {{\"Comment\": \"...\"}}: {e}"),
-            )
+            invalid_parameters(format!("The body is not {{\"Comment\": \"...\"}}: {e}"))
         })?
     };
     let (rec, _job) = blocking(move || start_snapshot(&svc, &env, body.comment, false)).await?;
@@ -554,13 +552,8 @@ pub async fn v2_list(
     headers: HeaderMap,
 ) -> ApiResult {
     let env = v2_env(&svc, &headers, &project, &env)?;
-    let bad = |what: &str| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "INVALID_PARAMETERS",
-            format!("{what} must be a whole number (limit 1 to 1000)"),
-        )
-    };
+    let bad =
+        |what: &str| invalid_parameters(format!("{what} must be a whole number (limit 1 to 1000)"));
     let offset: usize = match &paging.offset {
         Some(o) => o.parse().map_err(|_| bad("offset"))?,
         None => 0,
@@ -600,18 +593,10 @@ fn comment_body(body: &[u8], required: bool) -> Result<Option<String>, ApiError>
         return Ok(None);
     }
     let parsed: V2CommentBody = serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "INVALID_PARAMETERS",
-            format!("The body is not {{\"comment\": \"...\"}}: {e}"),
-        )
+        invalid_parameters(format!("The body is not {{\"comment\": \"...\"}}: {e}"))
     })?;
     if required && parsed.comment.is_none() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "INVALID_PARAMETERS",
-            "The body needs a comment.",
-        ));
+        return Err(invalid_parameters("The body needs a comment."));
     }
     Ok(parsed.comment)
 }
@@ -831,22 +816,16 @@ pub async fn v2_restore_create(
     headers: HeaderMap,
 ) -> ApiResult {
     let env = v2_env(&svc, &headers, &project, &env)?;
-    let id = q.source_snapshot_id.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "INVALID_PARAMETERS",
-            "source_snapshot_id is required.",
-        )
-    })?;
+    let id = q
+        .source_snapshot_id
+        .ok_or_else(|| invalid_parameters("source_snapshot_id is required."))?;
     let db_only = match q.db_only.as_deref() {
         None | Some("false") => false,
         Some("true") => true,
         Some(other) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "INVALID_PARAMETERS",
-                format!("db_only must be true or false, not {other:?}"),
-            ));
+            return Err(invalid_parameters(format!(
+                "db_only must be true or false, not {other:?}"
+            )));
         }
     };
     let svc2 = svc.clone();

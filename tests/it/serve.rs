@@ -768,17 +768,16 @@ fn a_crashed_server_fails_its_jobs_and_sigterm_leaves_a_restore_undone() {
         .as_str()
         .unwrap()
         .to_string();
+    // Running, and (once its first stage has begun) saying how far it is in bytes of total;
+    // the pause holds it there for 20 s.
     let running = poll(&server, &format!("{snaps}/{id}"), |r| {
-        r.json()["state"] == "running"
+        let j = r.json();
+        j["state"] == "running"
+            && j["status_message"]
+                .as_str()
+                .is_some_and(|m| m.contains(" of ") && m.contains("bytes"))
     });
-    let message = running.json()["status_message"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
-    assert!(
-        message.contains(" of ") && message.contains("bytes"),
-        "a running job says how far it is: {message}"
-    );
+    assert_eq!(running.json()["state"], "running");
     server.kill();
     let server = start(&s, &[]);
     let after = server.get(&format!("{snaps}/{id}"), ALICE).json();
