@@ -21,6 +21,7 @@ pub mod crypt;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod http;
 pub mod inspect;
 pub mod output;
 pub mod pg;

@@ -24,6 +24,12 @@ pub enum Source {
         name: String,
         reader: Input<'static>,
     },
+    /// An `http://` or `https://` URL, read as a stream that resumes (see [`crate::http`]);
+    /// `notes` hears what the reader has to say (a restart from zero).
+    Url {
+        url: String,
+        notes: crate::http::Notes,
+    },
 }
 
 impl std::fmt::Debug for Source {
@@ -31,13 +37,21 @@ impl std::fmt::Debug for Source {
         match self {
             Source::File(p) => write!(f, "File({})", p.display()),
             Source::Stream { name, .. } => write!(f, "Stream({name})"),
+            Source::Url { url, .. } => write!(f, "Url({})", crate::http::shown(url)),
         }
     }
 }
 
 impl Source {
-    /// `-` is standard input; anything else a file.
-    pub fn from_arg(arg: &Path) -> Source {
+    /// `-` is standard input, `http(s)://...` a URL; anything else a file. `notes` hears a
+    /// URL reader's remarks.
+    pub fn from_arg(arg: &Path, notes: crate::http::Notes) -> Source {
+        if let Some(url) = arg.to_str().filter(|a| crate::http::is_url(a)) {
+            return Source::Url {
+                url: url.to_string(),
+                notes,
+            };
+        }
         if arg == Path::new("-") {
             Source::Stream {
                 name: "standard input".into(),
@@ -125,6 +139,20 @@ impl ArchiveInput {
     /// Opens `source`; `keys` open it when it is encrypted (and are not needed otherwise).
     pub fn open(source: Source, keys: &Keys) -> Result<ArchiveInput> {
         match source {
+            Source::Url { url, notes } => {
+                let name = crate::http::shown(&url);
+                let reader = crate::http::HttpReader::open(&url, notes)?;
+                let size = reader.size();
+                let (reader, encrypted) = open_stream(&name, Box::new(reader), keys)?;
+                Ok(ArchiveInput {
+                    name,
+                    path: None,
+                    reader: ReaderKind::Stream(reader),
+                    size,
+                    peek: None,
+                    encrypted,
+                })
+            }
             Source::Stream { name, reader } => {
                 let (reader, encrypted) = open_stream(&name, reader, keys)?;
                 Ok(ArchiveInput {

@@ -24,7 +24,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Verify(a) => commands::read::run(&a.read, Some(a.pg_bin.clone()), quiet),
         Command::Restore(a) => commands::restore::run(
             &a.target,
-            mxsnap::source::Source::from_arg(&a.archive),
+            mxsnap::source::Source::from_arg(&a.archive, ui::url_notes(quiet)),
             quiet,
         ),
         Command::PrepareUpload(a) => commands::prepare::run(a, quiet),

@@ -97,6 +97,15 @@ impl Progress for Reporter {
 
 /// A cancel that SIGINT and SIGTERM set: the operation stops at its next check and undoes
 /// what it began.
+/// Where a URL reader's remarks go: stderr, unless --quiet.
+pub fn url_notes(quiet: bool) -> mxsnap::http::Notes {
+    std::sync::Arc::new(move |note: &str| {
+        if !quiet {
+            let _ = writeln!(std::io::stderr(), "mxsnap: note: {note}");
+        }
+    })
+}
+
 pub fn interrupt_cancel() -> Cancel {
     let cancel = Cancel::new();
     let flag = mxsnap::sys::catch_interrupts();

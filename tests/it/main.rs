@@ -11,6 +11,7 @@ mod crypt;
 mod foreign;
 mod operations;
 mod prepare;
+mod remote;
 mod restore;
 mod serve;
 mod tls;

@@ -13,7 +13,7 @@ use mxsnap::source::Source;
 pub fn run(args: &ReadArgs, pg_bin: Option<Option<PathBuf>>, quiet: bool) -> anyhow::Result<()> {
     let verify = pg_bin.is_some();
     let plan = inspect::plan(ReadOptions {
-        source: Source::from_arg(&args.archive),
+        source: Source::from_arg(&args.archive, ui::url_notes(quiet)),
         verify,
         pg_bin: pg_bin.flatten(),
         keys: ui::keys(&args.keys)?,

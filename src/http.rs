@@ -1,0 +1,272 @@
+//! Archives at an `http://` or `https://` URL, read as a stream that survives a bad network.
+//!
+//! A dropped, stalled or short connection is resumed with `Range: bytes=<offset>-`, guarded
+//! by the validator the first response gave (`If-Range` with its strong ETag, else its
+//! Last-Modified), so the bytes joined are of one and the same file. A server that ignores
+//! Range is read again from the start once, skipping what was already read (and said so); a
+//! file that changed on the server is an error. Retries back off (0.25 s doubling to 4 s) and
+//! give up after a bounded time without progress. Nothing is kept on disk: the reader hands
+//! the bytes on, and every check downstream (codec trailer, manifest) still applies.
+
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+
+/// Receives what the reader has to say while it works (a restart from zero, retries).
+pub type Notes = Arc<dyn Fn(&str) + Send + Sync>;
+
+fn env_secs(name: &str, default: u64) -> Duration {
+    Duration::from_secs(
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default),
+    )
+}
+
+pub fn is_url(arg: &str) -> bool {
+    arg.starts_with("http://") || arg.starts_with("https://")
+}
+
+/// The URL with any user:password removed, for messages.
+pub fn shown(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+            let host = authority.rsplit('@').next().unwrap_or(authority);
+            format!("{scheme}://{host}/{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
+pub struct HttpReader {
+    agent: ureq::Agent,
+    url: String,
+    body: Option<Box<dyn Read + Send>>,
+    offset: u64,
+    total: Option<u64>,
+    /// (`If-Range` value, as first seen): a strong ETag or Last-Modified.
+    validator: Option<String>,
+    restarted: bool,
+    give_up: Duration,
+    notes: Notes,
+}
+
+enum Attempt {
+    Body(Box<dyn Read + Send>),
+    /// Worth trying again (a 5xx, a connection error).
+    Retry(String),
+}
+
+fn header(resp: &ureq::http::Response<ureq::Body>, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+impl HttpReader {
+    /// Connects and reads the response headers (retrying a failing server for a while).
+    pub fn open(url: &str, notes: Notes) -> Result<HttpReader> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(15)))
+            .timeout_recv_response(Some(Duration::from_secs(30)))
+            // A connection that stops delivering is treated as dropped.
+            .timeout_per_read(Some(env_secs("MXSNAP_HTTP_STALL_SECS", 20)))
+            .build()
+            .into();
+        let mut reader = HttpReader {
+            agent,
+            url: url.to_string(),
+            body: None,
+            offset: 0,
+            total: None,
+            validator: None,
+            restarted: false,
+            give_up: env_secs("MXSNAP_HTTP_GIVE_UP_SECS", 120),
+            notes,
+        };
+        reader.connect_with_retries().map_err(|e| match e.kind() {
+            io::ErrorKind::Other => Error::environment(format!("{}: {e}", shown(url))),
+            _ => Error::io(format!("reading {}", shown(url)), e),
+        })?;
+        Ok(reader)
+    }
+
+    /// The size from Content-Length, when the server gave one.
+    pub fn size(&self) -> Option<u64> {
+        self.total
+    }
+
+    fn attempt(&mut self) -> io::Result<Attempt> {
+        let mut req = self.agent.get(&self.url);
+        let resuming = self.offset > 0;
+        if resuming {
+            req = req.header("Range", &format!("bytes={}-", self.offset));
+            if let Some(v) = &self.validator {
+                req = req.header("If-Range", v);
+            }
+        }
+        let resp = match req.call() {
+            Ok(r) => r,
+            Err(e) => return Ok(Attempt::Retry(format!("{e}"))),
+        };
+        let status = resp.status().as_u16();
+        match status {
+            200 | 206 => {}
+            500..=599 | 408 | 429 => {
+                return Ok(Attempt::Retry(format!("the server answered {status}")));
+            }
+            404 => return Err(io::Error::other("no such file on the server (404)")),
+            401 | 403 => {
+                return Err(io::Error::other(format!(
+                    "the server refused access ({status}); is the link expired or private?"
+                )));
+            }
+            other => return Err(io::Error::other(format!("the server answered {other}"))),
+        }
+        let etag = header(&resp, "etag").filter(|e| !e.starts_with("W/"));
+        let validator = etag.or_else(|| header(&resp, "last-modified"));
+        if !resuming {
+            self.total = header(&resp, "content-length").and_then(|l| l.parse().ok());
+            self.validator = validator;
+            return Ok(Attempt::Body(Box::new(resp.into_body().into_reader())));
+        }
+        if status == 206 {
+            let starts = header(&resp, "content-range")
+                .and_then(|r| r.strip_prefix("bytes ").map(str::to_string))
+                .and_then(|r| r.split('-').next().and_then(|s| s.parse::<u64>().ok()));
+            if starts != Some(self.offset) {
+                return Err(io::Error::other(format!(
+                    "the server resumed at another place than byte {} asked for",
+                    self.offset
+                )));
+            }
+            return Ok(Attempt::Body(Box::new(resp.into_body().into_reader())));
+        }
+        // 200 to a Range request: the file changed (If-Range failed) or the server cannot
+        // resume.
+        if self.validator.is_some() && validator != self.validator {
+            return Err(io::Error::other(format!(
+                "the file changed on the server while it was read ({} then {}); nothing \
+                 can be joined across it",
+                self.validator.as_deref().unwrap_or("?"),
+                validator.as_deref().unwrap_or("none")
+            )));
+        }
+        if self.restarted {
+            return Err(io::Error::other(
+                "the server cannot resume (it ignores Range) and the connection dropped again",
+            ));
+        }
+        self.restarted = true;
+        (self.notes)(&format!(
+            "{} cannot resume (it ignores Range): reading it again from the start, skipping \
+             the {} bytes already read",
+            shown(&self.url),
+            self.offset
+        ));
+        let mut body = resp.into_body().into_reader();
+        let skipped = io::copy(&mut (&mut body).take(self.offset), &mut io::sink())?;
+        if skipped < self.offset {
+            return Ok(Attempt::Retry("the restarted download dropped too".into()));
+        }
+        Ok(Attempt::Body(Box::new(body)))
+    }
+
+    /// Gets a body at the current offset, retrying with back-off until `give_up` passes
+    /// without success.
+    fn connect_with_retries(&mut self) -> io::Result<()> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(250);
+        loop {
+            match self.attempt()? {
+                Attempt::Body(b) => {
+                    self.body = Some(b);
+                    return Ok(());
+                }
+                Attempt::Retry(why) => {
+                    if started.elapsed() >= self.give_up {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!(
+                                "gave up after {} s of retrying at byte {}: {why}",
+                                self.give_up.as_secs(),
+                                self.offset
+                            ),
+                        ));
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(4));
+                }
+            }
+        }
+    }
+}
+
+impl Read for HttpReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut since = Instant::now();
+        let mut pause = Duration::from_millis(250);
+        loop {
+            if self.body.is_none() {
+                self.connect_with_retries()?;
+            }
+            let body = self.body.as_mut().expect("connected above");
+            match body.read(buf) {
+                Ok(0) if buf.is_empty() => return Ok(0),
+                Ok(0) => match self.total {
+                    // Fewer bytes than Content-Length: the connection was cut.
+                    Some(total) if self.offset < total => self.body = None,
+                    _ => return Ok(0),
+                },
+                Ok(n) => {
+                    self.offset += n as u64;
+                    if self.total.is_some_and(|t| self.offset > t) {
+                        return Err(io::Error::other(
+                            "the server sent more bytes than its Content-Length",
+                        ));
+                    }
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => self.body = None,
+            }
+            // The connection dropped: resume, but not for ever without progress.
+            if since.elapsed() >= self.give_up {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "gave up at byte {} after {} s without progress",
+                        self.offset,
+                        self.give_up.as_secs()
+                    ),
+                ));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_secs(4));
+            if self.body.is_some() {
+                since = Instant::now();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_shown_without_credentials() {
+        assert_eq!(
+            shown("https://u:p@h.example/a/b?x"),
+            "https://h.example/a/b?x"
+        );
+        assert_eq!(shown("http://h:8080/x"), "http://h:8080/x");
+        assert!(is_url("https://x") && !is_url("./https"));
+    }
+}
