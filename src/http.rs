@@ -210,7 +210,8 @@ impl HttpReader {
 
 impl Read for HttpReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut since = Instant::now();
+        // Every return with bytes is progress, so this read's start is the last progress.
+        let since = Instant::now();
         let mut pause = Duration::from_millis(250);
         loop {
             if self.body.is_none() {
@@ -249,9 +250,6 @@ impl Read for HttpReader {
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_secs(4));
-            if self.body.is_some() {
-                since = Instant::now();
-            }
         }
     }
 }

@@ -113,8 +113,8 @@ async fn fallback(uri: Uri) -> Response {
 /// on, serves, and on the cancel stops taking work, cancels running jobs (a restore leaves its
 /// target as it was) and waits for them.
 pub fn run(config: Config, cancel: Cancel, log: Log, ready: impl FnOnce(SocketAddr)) -> Result<()> {
-    let repo = crate::catalog::Repo::open(&config.repo, true)?;
-    drop(repo);
+    // Made when missing, refused when the directory is something else.
+    crate::catalog::Repo::open(&config.repo, true)?;
     let serve_dir = config.repo.join("serve");
     std::fs::create_dir_all(&serve_dir)
         .map_err(|e| Error::io(format!("creating {}", serve_dir.display()), e))?;

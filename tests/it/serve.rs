@@ -382,7 +382,10 @@ fn v1_lists_creates_downloads_and_restores_as_the_seed_says() {
         ok(mxsnap(&["verify", file.to_str().unwrap()]));
     }
     // a link is also a source: verify streams it from the service
-    ok(mxsnap(&["verify", links["DatabaseAndFiles"].as_str().unwrap()]));
+    ok(mxsnap(&[
+        "verify",
+        links["DatabaseAndFiles"].as_str().unwrap(),
+    ]));
     // a forged link
     let forged = links["FilesOnly"]
         .as_str()
