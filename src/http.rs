@@ -51,8 +51,20 @@ pub struct HttpReader {
     /// (`If-Range` value, as first seen): a strong ETag or Last-Modified.
     validator: Option<String>,
     restarted: bool,
+    /// Set by [`HttpReader::resume`] until the first response: a 200 then means "start over",
+    /// not "skip what was read".
+    resuming_file: bool,
     give_up: Duration,
     notes: Notes,
+}
+
+/// Where a [`HttpReader::resume`] really starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resumed {
+    /// At the byte asked for: the server honoured Range and the file is the same.
+    At(u64),
+    /// At zero: the file changed on the server, or the server cannot resume.
+    FromStart,
 }
 
 enum Attempt {
@@ -71,6 +83,42 @@ fn header(resp: &ureq::http::Response<ureq::Body>, name: &str) -> Option<String>
 impl HttpReader {
     /// Connects and reads the response headers (retrying a failing server for a while).
     pub fn open(url: &str, notes: Notes) -> Result<HttpReader> {
+        let mut reader = HttpReader::new(url, notes);
+        reader.connect(url)?;
+        Ok(reader)
+    }
+
+    /// Continues a download of which `offset` bytes are already kept (in a `.partial` file),
+    /// guarded by the `validator` the first response gave. The server may start over; the
+    /// answer says where the body begins.
+    pub fn resume(
+        url: &str,
+        offset: u64,
+        validator: Option<String>,
+        notes: Notes,
+    ) -> Result<(HttpReader, Resumed)> {
+        let mut reader = HttpReader::new(url, notes);
+        if offset > 0 && validator.is_some() {
+            reader.offset = offset;
+            reader.validator = validator;
+            reader.resuming_file = true;
+        }
+        reader.connect(url)?;
+        let at = match reader.offset {
+            0 => Resumed::FromStart,
+            n => Resumed::At(n),
+        };
+        Ok((reader, at))
+    }
+
+    fn connect(&mut self, url: &str) -> Result<()> {
+        self.connect_with_retries().map_err(|e| match e.kind() {
+            io::ErrorKind::Other => Error::environment(format!("{}: {e}", shown(url))),
+            _ => Error::io(format!("reading {}", shown(url)), e),
+        })
+    }
+
+    fn new(url: &str, notes: Notes) -> HttpReader {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(15)))
@@ -79,7 +127,7 @@ impl HttpReader {
             .timeout_per_read(Some(env_secs("MXSNAP_HTTP_STALL_SECS", 20)))
             .build()
             .into();
-        let mut reader = HttpReader {
+        HttpReader {
             agent,
             url: url.to_string(),
             body: None,
@@ -87,14 +135,21 @@ impl HttpReader {
             total: None,
             validator: None,
             restarted: false,
+            resuming_file: false,
             give_up: env_secs("MXSNAP_HTTP_GIVE_UP_SECS", 120),
             notes,
-        };
-        reader.connect_with_retries().map_err(|e| match e.kind() {
-            io::ErrorKind::Other => Error::environment(format!("{}: {e}", shown(url))),
-            _ => Error::io(format!("reading {}", shown(url)), e),
-        })?;
-        Ok(reader)
+        }
+    }
+
+    /// The first response's strong ETag, else its Last-Modified: what a later
+    /// [`HttpReader::resume`] is guarded by.
+    pub fn validator(&self) -> Option<&str> {
+        self.validator.as_deref()
+    }
+
+    /// Bytes of the file read so far (with those a resume started after).
+    pub fn offset(&self) -> u64 {
+        self.offset
     }
 
     /// The size from Content-Length, when the server gave one.
@@ -136,10 +191,18 @@ impl HttpReader {
             self.validator = validator;
             return Ok(Attempt::Body(Box::new(resp.into_body().into_reader())));
         }
+        let first_of_file = std::mem::take(&mut self.resuming_file);
         if status == 206 {
-            let starts = header(&resp, "content-range")
-                .and_then(|r| r.strip_prefix("bytes ").map(str::to_string))
-                .and_then(|r| r.split('-').next().and_then(|s| s.parse::<u64>().ok()));
+            let range = header(&resp, "content-range");
+            let range = range.as_deref().and_then(|r| r.strip_prefix("bytes "));
+            let starts = range
+                .and_then(|r| r.split('-').next())
+                .and_then(|s| s.parse::<u64>().ok());
+            if first_of_file {
+                self.total = range
+                    .and_then(|r| r.rsplit('/').next())
+                    .and_then(|t| t.parse().ok());
+            }
             if starts != Some(self.offset) {
                 return Err(io::Error::other(format!(
                     "the server resumed at another place than byte {} asked for",
@@ -150,6 +213,23 @@ impl HttpReader {
         }
         // 200 to a Range request: the file changed (If-Range failed) or the server cannot
         // resume.
+        if first_of_file {
+            // Nothing read in this process yet: the kept bytes are dropped, the body is the
+            // whole file.
+            (self.notes)(&format!(
+                "{} {}: downloading it again from the start",
+                shown(&self.url),
+                if validator.is_some() && validator != self.validator {
+                    "changed on the server since the partial download"
+                } else {
+                    "cannot resume (it ignores Range)"
+                }
+            ));
+            self.offset = 0;
+            self.total = header(&resp, "content-length").and_then(|l| l.parse().ok());
+            self.validator = validator;
+            return Ok(Attempt::Body(Box::new(resp.into_body().into_reader())));
+        }
         if self.validator.is_some() && validator != self.validator {
             return Err(io::Error::other(format!(
                 "the file changed on the server while it was read ({} then {}); nothing \

@@ -27,6 +27,7 @@ pub mod output;
 pub mod pg;
 pub mod prepare;
 pub mod progress;
+pub mod remote;
 pub mod restore;
 pub mod serve;
 pub mod source;

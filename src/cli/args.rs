@@ -50,6 +50,126 @@ pub enum Command {
     },
     /// Serve the cloud's Backups API (v1 and v2) over a catalogue (see README, "serve").
     Serve(ServeArgs),
+    /// Talk to a Backups API (the cloud's, or `mxsnap serve`): list, create, download and
+    /// restore an environment's snapshots. Credentials from MENDIX_USERNAME and MENDIX_APIKEY
+    /// or an owner-only file, never from the command line.
+    Remote(RemoteArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RemoteArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(subcommand)]
+    pub action: RemoteAction,
+}
+
+/// Which API, which environment, and who asks.
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// The API's base URL: the cloud's, or an `mxsnap serve`.
+    #[arg(
+        long,
+        global = true,
+        env = "MXSNAP_API_URL",
+        default_value = mxsnap::remote::DEFAULT_BASE_URL,
+        value_name = "URL"
+    )]
+    pub api_url: String,
+    /// v1 (app name and Test/Acceptance/Production) or v2 (project and environment UUIDs);
+    /// default: v2 when both ids are UUIDs.
+    #[arg(long, global = true, value_name = "v1|v2")]
+    pub api: Option<ApiChoice>,
+    /// The app: v1 its name (AppId), v2 its project UUID.
+    #[arg(long, global = true, env = "MXSNAP_APP", value_name = "APP")]
+    pub app: Option<String>,
+    /// The environment: v1 Test, Acceptance, Production or a flexible environment's name; v2
+    /// its UUID.
+    #[arg(long = "env", global = true, env = "MXSNAP_ENV", value_name = "ENV")]
+    pub environment: Option<String>,
+    /// A TOML file with username and api_key, readable by its owner only (default: the
+    /// MENDIX_USERNAME and MENDIX_APIKEY variables, then ~/.config/mxsnap/credentials.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ApiChoice {
+    V1,
+    V2,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RemoteAction {
+    /// List the environment's snapshots, newest first.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask for a new snapshot (made in the background; --wait waits for it).
+    Create {
+        #[arg(long, value_name = "TEXT")]
+        comment: Option<String>,
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait until a snapshot is completed (exit 0) or failed.
+    Wait {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a download link of a snapshot (`latest`: the newest completed one).
+    Link {
+        #[arg(value_name = "ID|latest")]
+        id: String,
+        #[arg(long, default_value = "full", value_name = "full|database|files")]
+        variant: Variant,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download a snapshot to a file: FILE.partial while it comes (a second run resumes it),
+    /// renamed when complete and verified.
+    Download {
+        #[arg(value_name = "ID|latest")]
+        id: String,
+        #[arg(long, default_value = "full", value_name = "full|database|files")]
+        variant: Variant,
+        /// The file, or a directory (the file is named as the cloud names it).
+        #[arg(long, short, value_name = "FILE|DIR")]
+        output: PathBuf,
+        #[arg(long)]
+        force: bool,
+        /// Directory holding pg_restore, for the verification.
+        #[arg(long, value_name = "DIR")]
+        pg_bin: Option<PathBuf>,
+        #[command(flatten)]
+        keys: KeyArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a snapshot straight from the API into a stopped environment (--files,
+    /// --database) or a managed local one (--into), streaming: no copy of the archive on disk.
+    Restore {
+        #[arg(value_name = "ID|latest")]
+        id: String,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Ask the API to restore a snapshot (of this or another environment of the app) into
+    /// the API's environment named by --app and --env, which must be stopped.
+    RestoreThere {
+        #[arg(value_name = "ID")]
+        id: String,
+        /// Only the database (v2).
+        #[arg(long)]
+        db_only: bool,
+        /// Do not ask before replacing the environment's data.
+        #[arg(long, short)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Args)]

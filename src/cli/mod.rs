@@ -31,6 +31,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Snapshots { action } => commands::snapshots::run(action, quiet),
         Command::Env { action } => commands::env::run(action, quiet),
         Command::Serve(a) => commands::serve::run(a),
+        Command::Remote(a) => commands::remote::run(a, quiet),
     }
 }
 

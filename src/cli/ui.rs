@@ -31,6 +31,62 @@ pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 pub struct Reporter {
     bar: Option<ProgressBar>,
     quiet: bool,
+    /// Without a terminal: the current stage, for a line every few seconds.
+    log: std::sync::Mutex<StageLog>,
+}
+
+/// How far the current stage is, for the lines written to a log (no bar there).
+struct StageLog {
+    name: String,
+    total: Option<u64>,
+    done: u64,
+    /// Bytes done before this run (a resumed download): not part of the rate.
+    base: u64,
+    started: std::time::Instant,
+    last: std::time::Instant,
+}
+
+/// How often a log gets a progress line: MXSNAP_PROGRESS_SECS, default 10.
+fn log_interval() -> Duration {
+    Duration::from_secs(
+        std::env::var("MXSNAP_PROGRESS_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10),
+    )
+}
+
+impl StageLog {
+    fn new(name: &str, total: Option<u64>) -> StageLog {
+        let now = std::time::Instant::now();
+        StageLog {
+            name: name.to_string(),
+            total,
+            done: 0,
+            base: 0,
+            started: now,
+            last: now,
+        }
+    }
+
+    /// "downloading: 1.2 GiB of 3.4 GiB (35 %), 85.3 MiB/s, 27 s left".
+    fn line(&self) -> String {
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        let rate = (self.done - self.base) as f64 / secs;
+        let mut line = format!("{}: {}", self.name, human(self.done));
+        if let Some(t) = self.total.filter(|t| *t > 0) {
+            line.push_str(&format!(
+                " of {} ({} %)",
+                human(t),
+                self.done.min(t) * 100 / t
+            ));
+        }
+        line.push_str(&format!(", {}/s", human(rate as u64)));
+        if let Some(t) = self.total.filter(|t| *t > self.done && rate > 0.0) {
+            line.push_str(&format!(", {:.0} s left", (t - self.done) as f64 / rate));
+        }
+        line
+    }
 }
 
 impl Reporter {
@@ -40,7 +96,11 @@ impl Reporter {
             bar.enable_steady_tick(Duration::from_millis(200));
             bar
         });
-        Reporter { bar, quiet }
+        Reporter {
+            bar,
+            quiet,
+            log: std::sync::Mutex::new(StageLog::new("", None)),
+        }
     }
 
     pub fn done(&self) {
@@ -82,11 +142,35 @@ impl Progress for Reporter {
                     }
                     bar.set_message(name.clone());
                 }
-                None => self.line(name),
+                None => {
+                    self.line(name);
+                    if let Ok(mut log) = self.log.lock() {
+                        *log = StageLog::new(name, *bytes_total);
+                    }
+                }
             },
             Event::Advance { bytes, .. } => {
                 if let Some(bar) = &self.bar {
                     bar.inc(*bytes);
+                    return;
+                }
+                if self.quiet {
+                    return;
+                }
+                let line = self.log.lock().ok().and_then(|mut log| {
+                    // The first advance of a stage that starts part-way (a resumed
+                    // download) is what was there before.
+                    if log.done == 0 && log.started.elapsed() < Duration::from_millis(50) {
+                        log.base = *bytes;
+                    }
+                    log.done += bytes;
+                    (log.last.elapsed() >= log_interval()).then(|| {
+                        log.last = std::time::Instant::now();
+                        log.line()
+                    })
+                });
+                if let Some(line) = line {
+                    self.line(&line);
                 }
             }
             Event::Note { message } => self.line(message),

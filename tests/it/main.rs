@@ -12,6 +12,7 @@ mod foreign;
 mod operations;
 mod prepare;
 mod remote;
+mod remote_api;
 mod restore;
 mod serve;
 mod tls;

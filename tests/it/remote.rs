@@ -245,3 +245,106 @@ fn a_restore_from_a_url_lands_and_a_changed_or_dead_server_changes_nothing() {
     let run = verify_url("http://127.0.0.1:9/nothing.tar.gz");
     assert_ne!(run.code, 0);
 }
+
+/// Downloads `url` into `target` with the library, cancelling once `stop_after` bytes of this
+/// run have arrived.
+fn fetch(
+    url: &str,
+    target: &Path,
+    identity: &str,
+    stop_after: Option<u64>,
+) -> mxsnap::Result<mxsnap::remote::fetch::FetchReport> {
+    use mxsnap::progress::{Cancel, Event};
+    let cancel = Cancel::new();
+    let seen = AtomicUsize::new(0);
+    let progress = |e: &Event| {
+        if let Event::Advance { bytes, .. } = e {
+            let n = seen.fetch_add(*bytes as usize, Ordering::SeqCst) + *bytes as usize;
+            if stop_after.is_some_and(|s| n as u64 >= s) {
+                cancel.cancel();
+            }
+        }
+    };
+    mxsnap::remote::fetch::to_file(
+        mxsnap::remote::fetch::FetchOptions {
+            url: url.to_string(),
+            target: target.to_path_buf(),
+            identity: identity.to_string(),
+            variant: Some(mxsnap::archive::Variant::Full),
+            overwrite: false,
+            pg_bin: None,
+            keys: mxsnap::crypt::Keys::none(),
+            notes: Arc::new(|_: &str| {}),
+            final_name: None,
+        },
+        &progress,
+        &cancel,
+    )
+}
+
+fn partial(target: &Path) -> std::path::PathBuf {
+    mxsnap::remote::fetch::partial_path(target)
+}
+
+#[test]
+fn a_download_to_a_file_resumes_its_partial_and_starts_over_when_the_file_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = archive(dir.path());
+    let len = bytes.len() as u64;
+    let target = dir.path().join("got.tar.gz");
+
+    // stopped at a third: the bytes are kept, the final name is not there
+    let server = serve(bytes.clone(), Fault::None);
+    let e = fetch(&server.url, &target, "snap A", Some(len / 3)).unwrap_err();
+    assert_eq!(e.kind(), mxsnap::ErrorKind::Cancelled, "{e}");
+    assert!(e.message().contains("kept in"), "{e}");
+    let kept = std::fs::metadata(partial(&target)).unwrap().len();
+    assert!(kept > 0 && kept < len, "{kept} of {len}");
+    assert!(!target.exists());
+    // the next run asks for the rest only, and the file verifies
+    let report = fetch(&server.url, &target, "snap A", None).unwrap();
+    assert_eq!(report.resumed_at, Some(kept));
+    assert_eq!(
+        server.ranges.lock().unwrap().last().unwrap(),
+        &format!("Some({kept})")
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), bytes);
+    assert!(!partial(&target).exists());
+    assert_eq!(report.verified.ok, Some(true));
+
+    // a partial of another snapshot is not resumed
+    let other = dir.path().join("other.tar.gz");
+    let server = serve(bytes.clone(), Fault::None);
+    fetch(&server.url, &other, "snap A", Some(len / 2)).unwrap_err();
+    let report = fetch(&server.url, &other, "snap B", None).unwrap();
+    assert_eq!((report.resumed_at, report.started_over), (None, false));
+    assert_eq!(
+        *server.ranges.lock().unwrap(),
+        vec!["None".to_string(), "None".to_string()]
+    );
+    assert_eq!(std::fs::read(&other).unwrap(), bytes);
+
+    // the file changed on the server between the runs (If-Range fails): started over
+    let changed = dir.path().join("changed.tar.gz");
+    let server = serve(bytes.clone(), Fault::ChangesAfterCut(bytes.len()));
+    fetch(&server.url, &changed, "snap A", Some(len / 2)).unwrap_err();
+    let report = fetch(&server.url, &changed, "snap A", None).unwrap();
+    assert!(report.started_over && report.resumed_at.is_none());
+    assert_eq!(std::fs::read(&changed).unwrap(), bytes);
+
+    // damaged bytes: an error, and nothing left behind (neither file nor partial)
+    let mut bad = bytes.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x55;
+    let damaged = dir.path().join("damaged.tar.gz");
+    let server = serve(bad, Fault::CutAt(mid / 2));
+    let e = fetch(&server.url, &damaged, "snap A", None).unwrap_err();
+    assert_eq!(e.kind(), mxsnap::ErrorKind::Corrupt, "{e}");
+    assert!(!damaged.exists() && !partial(&damaged).exists());
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains("damaged"))
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
+}

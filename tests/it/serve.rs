@@ -14,25 +14,25 @@ use crate::harness::{self, Db, tree_hashes};
 use crate::restore::Env;
 use crate::support::*;
 
-const PROJECT: &str = "8c3a2d7e-0d55-4f0e-9a6b-6f1f4a1e2b3c";
-const ACC: &str = "0f6b1c52-8e2b-4d8e-a1f5-2b7c9d0e4a11";
-const TEST: &str = "5d1e9c3a-7b2f-4e8d-9a6c-1f0e2d3c4b5a";
+pub(crate) const PROJECT: &str = "8c3a2d7e-0d55-4f0e-9a6b-6f1f4a1e2b3c";
+pub(crate) const ACC: &str = "0f6b1c52-8e2b-4d8e-a1f5-2b7c9d0e4a11";
+pub(crate) const TEST: &str = "5d1e9c3a-7b2f-4e8d-9a6c-1f0e2d3c4b5a";
 const OTHER_PROJECT: &str = "11111111-2222-4333-8444-555555555555";
 const OTHER_ENV: &str = "66666666-7777-4888-9999-000000000000";
-const ALICE: (&str, &str) = ("alice@example.com", "alice-key-26587896");
-const BOB: (&str, &str) = ("bob@example.com", "bob-key-1cef4483");
+pub(crate) const ALICE: (&str, &str) = ("alice@example.com", "alice-key-26587896");
+pub(crate) const BOB: (&str, &str) = ("bob@example.com", "bob-key-1cef4483");
 
 /// A configured service: the fixture app as calc/Acceptance (the source), a target of its
 /// own as calc/Test, and another app; alice may use all of calc, bob only calc/Test.
-struct Setup {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    source: Db,
-    target: Env,
+pub(crate) struct Setup {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) config: PathBuf,
+    pub(crate) source: Db,
+    pub(crate) target: Env,
     _other: Db,
 }
 
-fn setup(tag: &str) -> Setup {
+pub(crate) fn setup(tag: &str) -> Setup {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let source = Db::with_fixture(&format!("{tag}_src"));
@@ -107,10 +107,10 @@ environments = ["calc/test"]
     }
 }
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    base: String,
-    log: Arc<Mutex<String>>,
+    pub(crate) base: String,
+    pub(crate) log: Arc<Mutex<String>>,
     agent: ureq::Agent,
 }
 
@@ -141,7 +141,7 @@ impl Reply {
     }
 }
 
-fn start(setup: &Setup, env: &[(&str, &str)]) -> Server {
+pub(crate) fn start(setup: &Setup, env: &[(&str, &str)]) -> Server {
     let mut cmd = mxsnap_cmd(&["serve", "--config", setup.config.to_str().unwrap()]);
     cmd.envs(env.iter().copied())
         .stdin(Stdio::null())
@@ -236,7 +236,7 @@ impl Server {
     }
 
     /// SIGTERM, then the exit status.
-    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+    pub(crate) fn terminate(mut self) -> (std::process::ExitStatus, String) {
         // SAFETY: kill on a child we started.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let status = wait_for(&mut self.child, Duration::from_secs(60));

@@ -48,6 +48,11 @@ pub fn mxsnap_cmd(args: &[&str]) -> Command {
         "PGSSLROOTCERT",
         "PGSSLCERT",
         "PGSSLKEY",
+        "MENDIX_USERNAME",
+        "MENDIX_APIKEY",
+        "MXSNAP_API_URL",
+        "MXSNAP_APP",
+        "MXSNAP_ENV",
     ] {
         c.env_remove(v);
     }

@@ -4,6 +4,7 @@ pub mod create;
 pub mod env;
 pub mod prepare;
 pub mod read;
+pub mod remote;
 pub mod restore;
 pub mod serve;
 pub mod snapshots;
