@@ -143,6 +143,9 @@ impl ArchiveInput {
                 let name = crate::http::shown(&url);
                 let reader = crate::http::HttpReader::open(&url, notes)?;
                 let size = reader.size();
+                // Large reads: each call into the HTTP client costs syscalls of its own (the
+                // per-read timeout), and the decoders downstream ask for 32 KiB at a time.
+                let reader = io::BufReader::with_capacity(1 << 20, reader);
                 let (reader, encrypted) = open_stream(&name, Box::new(reader), keys)?;
                 Ok(ArchiveInput {
                     name,

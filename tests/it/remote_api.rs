@@ -263,6 +263,20 @@ fn v2_archives_are_polled_and_parts_restore_alone() {
     assert_eq!(got.len(), 45);
     assert!(got.iter().all(|(k, v)| store.get(k) == Some(v)));
 
+    // one command from "the API has a backup" to a local environment that runs on it
+    let env_dir = dir.path().join("local-env");
+    let env_s = env_dir.to_str().unwrap();
+    let run = ok(remote(
+        &server,
+        &[&acc[..], &["restore", "latest", "--into", env_s, "--json"]].concat(),
+    ));
+    let report = json(&run);
+    assert_eq!(report["local"]["created"], true, "{report}");
+    assert_eq!(tree_hashes(&env_dir.join("data/files")).len(), 45);
+    let status = ok(mxsnap(&["env", "status", env_s, "--json"]));
+    assert_eq!(json(&status)["running"], true);
+    ok(mxsnap(&["env", "stop", env_s]));
+
     // a database-only restore on the server, polled as a v2 job
     let files_before = tree_hashes(&s.target.files);
     ok(remote(
