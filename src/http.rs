@@ -17,7 +17,8 @@ use crate::error::{Error, Result};
 /// Receives what the reader has to say while it works (a restart from zero, retries).
 pub type Notes = Arc<dyn Fn(&str) + Send + Sync>;
 
-fn env_secs(name: &str, default: u64) -> Duration {
+/// A duration in seconds from the variable `name`, else `default`.
+pub(crate) fn env_secs(name: &str, default: u64) -> Duration {
     Duration::from_secs(
         std::env::var(name)
             .ok()

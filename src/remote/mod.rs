@@ -20,6 +20,7 @@ pub use credentials::Credentials;
 
 use crate::archive::Variant;
 use crate::error::{Error, ErrorKind, Result};
+use crate::http::env_secs;
 use crate::progress::{Cancel, Progress};
 
 /// The cloud's deploy API.
@@ -114,15 +115,6 @@ struct Failure {
     status: u16,
     code: String,
     message: String,
-}
-
-fn env_secs(name: &str, default: u64) -> Duration {
-    Duration::from_secs(
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default),
-    )
 }
 
 /// Ids go into URL paths: only what the API's ids are made of is let through.
@@ -644,32 +636,45 @@ impl Remote {
                 let archive = text(&job["archive_id"]).ok_or_else(|| unexpected(&what, &job))?;
                 let archive = path_segment("the archive", &archive)?;
                 let poll = format!("{}/snapshots/{id}/archives/{archive}", self.env_url());
-                let mut job = job;
-                loop {
-                    match job["state"].as_str() {
-                        Some("completed") => {
-                            let url = text(&job["url"]).ok_or_else(|| unexpected(&what, &job))?;
-                            return Ok(Link {
-                                snapshot_id: id,
-                                variant,
-                                url,
-                                expires_at: iso(&job["updated_at"])
-                                    .map(|t| t + chrono::Duration::hours(8)),
-                            });
-                        }
-                        Some("failed") => {
-                            return Err(Error::environment(format!(
-                                "{what}: the archive job failed: {}",
-                                text_or(&job["status_message"], "no reason given")
-                            )));
-                        }
-                        _ => {}
-                    }
-                    self.check_time(started, &format!("the archive of {id}"))?;
-                    pause(&mut wait, cancel)?;
-                    job = self.call("GET", &poll, None, &what)?;
-                }
+                let job = self.finish_job(job, &poll, &what, "the archive job", cancel)?;
+                let url = text(&job["url"]).ok_or_else(|| unexpected(&what, &job))?;
+                Ok(Link {
+                    snapshot_id: id,
+                    variant,
+                    url,
+                    expires_at: iso(&job["updated_at"]).map(|t| t + chrono::Duration::hours(8)),
+                })
             }
+        }
+    }
+
+    /// Polls a v2 job (`first` is its answer to the POST) until it is completed (its last
+    /// answer) or failed (an error with its status message).
+    fn finish_job(
+        &self,
+        first: Value,
+        poll: &str,
+        what: &str,
+        kind: &str,
+        cancel: &Cancel,
+    ) -> Result<Value> {
+        let started = Instant::now();
+        let mut wait = Duration::from_millis(250);
+        let mut job = first;
+        loop {
+            match job["state"].as_str() {
+                Some("completed") => return Ok(job),
+                Some("failed") => {
+                    return Err(Error::environment(format!(
+                        "{what}: {kind} failed: {}",
+                        text_or(&job["status_message"], "no reason given")
+                    )));
+                }
+                _ => {}
+            }
+            self.check_time(started, kind)?;
+            pause(&mut wait, cancel)?;
+            job = self.call("GET", poll, None, what)?;
         }
     }
 
@@ -714,24 +719,8 @@ impl Remote {
                     self.env_url(),
                     path_segment("the restore", &restore)?
                 );
-                let started = Instant::now();
-                let mut wait = Duration::from_millis(250);
-                let mut job = job;
-                loop {
-                    match job["state"].as_str() {
-                        Some("completed") => return Ok(()),
-                        Some("failed") => {
-                            return Err(Error::environment(format!(
-                                "{what}: the restore failed: {}",
-                                text_or(&job["status_message"], "no reason given")
-                            )));
-                        }
-                        _ => {}
-                    }
-                    self.check_time(started, &format!("restore {restore}"))?;
-                    pause(&mut wait, cancel)?;
-                    job = self.call("GET", &poll, None, &what)?;
-                }
+                self.finish_job(job, &poll, &what, "the restore", cancel)?;
+                Ok(())
             }
         }
     }
