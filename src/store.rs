@@ -3,20 +3,28 @@
 //! An app keeps uploaded files as `<aa>/<bb>/<uuid>`, or, for old apps, in the legacy numeric
 //! layout `<nn>/<number>`. When the database has `system$filedocument`, a snapshot carries
 //! exactly the files with contents that are not delete-after-download, found in either layout.
+//!
+//! Nothing here grows in memory with the store. The store is walked in sorted order, one folder
+//! at a time, and the references arrive sorted by the same paths (see
+//! [`Session::file_references`](crate::pg::Session::file_references)), so selecting is a merge of
+//! two sorted streams; the selected files go to a spool file ([`FileList`]) that the packer
+//! reads back in the same order.
 
-use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::cmp::Ordering;
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::archive::layout::{compact_uuid_path, is_tree_name, legacy_rel_path, uuid_rel_path};
+use crate::archive::layout::{
+    compact_uuid_path, is_tree_name, is_uuid, legacy_rel_path, uuid_rel_path,
+};
 use crate::error::{Error, Result};
-use crate::pg::FileDocument;
+use crate::pg::{FileDocument, FileReference, ReferencePath, Session};
 
 /// One file to pack: its path below `tree/` (and below the store), and the size seen when
-/// scanning. Kept small, because the list of them is the one thing in memory that grows with
-/// the store: 32 bytes a file in the usual `aa/bb/<uuid>` layout, whose path is kept as the
-/// UUID's 16 bytes, against about 80 for the path as a string.
+/// scanning.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreFile {
     name: TreeName,
@@ -52,22 +60,145 @@ impl StoreFile {
     }
 }
 
-impl Ord for StoreFile {
-    /// The order of the paths as strings: the archive's order.
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        match (&self.name, &other.name) {
-            // Lower-case hex compares as the bytes it spells, and `aa/bb/` repeats the
-            // UUID's first bytes, so the bytes order the paths.
-            (TreeName::Uuid(a), TreeName::Uuid(b)) => a.cmp(b),
-            _ => self.rel().cmp(&other.rel()),
-        }
-        .then(self.size.cmp(&other.size))
+/// The order of a directory walk sorted one folder at a time: by path components. For the
+/// store's names (hex, digits and `-`) it is also their order as strings, the archive's order.
+pub fn walk_order(a: &str, b: &str) -> Ordering {
+    a.split('/').cmp(b.split('/'))
+}
+
+/// The selected files, in archive order, spooled to an unnamed temporary file: 25 bytes a file
+/// in the usual layout, on disk rather than in memory.
+pub struct FileList {
+    spool: BufWriter<File>,
+    len: u64,
+}
+
+impl std::fmt::Debug for FileList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileList").field("len", &self.len).finish()
     }
 }
 
-impl PartialOrd for StoreFile {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
+const TAG_UUID: u8 = 0;
+const TAG_PATH: u8 = 1;
+
+impl FileList {
+    fn new() -> Result<FileList> {
+        let file = tempfile::tempfile()
+            .map_err(|e| Error::io("creating a temporary file for the list of files", e))?;
+        Ok(FileList {
+            spool: BufWriter::with_capacity(64 * 1024, file),
+            len: 0,
+        })
+    }
+
+    fn push(&mut self, f: &StoreFile) -> Result<()> {
+        let mut write = || -> io::Result<()> {
+            match &f.name {
+                TreeName::Uuid(bytes) => {
+                    self.spool.write_all(&[TAG_UUID])?;
+                    self.spool.write_all(bytes)?;
+                }
+                TreeName::Path(p) => {
+                    self.spool.write_all(&[TAG_PATH])?;
+                    self.spool.write_all(&(p.len() as u32).to_le_bytes())?;
+                    self.spool.write_all(p.as_bytes())?;
+                }
+            }
+            self.spool.write_all(&f.size.to_le_bytes())
+        };
+        write().map_err(|e| Error::io("writing the list of files", e))?;
+        self.len += 1;
+        Ok(())
+    }
+
+    /// How many files.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The files in order, read back from the spool (each call reads from the start).
+    pub fn iter(&mut self) -> Result<impl Iterator<Item = Result<StoreFile>> + '_> {
+        self.spool
+            .flush()
+            .map_err(|e| Error::io("writing the list of files", e))?;
+        let reader = BufReader::with_capacity(
+            64 * 1024,
+            PositionedReader {
+                file: self.spool.get_ref(),
+                pos: 0,
+            },
+        );
+        Ok(FileListIter {
+            reader,
+            left: self.len,
+        })
+    }
+}
+
+/// Reads a file from its own offset (`pread`), leaving the spool's write position alone.
+struct PositionedReader<'a> {
+    file: &'a File,
+    pos: u64,
+}
+
+impl Read for PositionedReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = std::os::unix::fs::FileExt::read_at(self.file, buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+struct FileListIter<'a> {
+    reader: BufReader<PositionedReader<'a>>,
+    left: u64,
+}
+
+impl FileListIter<'_> {
+    fn read_one(&mut self) -> io::Result<StoreFile> {
+        let mut tag = [0u8; 1];
+        self.reader.read_exact(&mut tag)?;
+        let name = match tag[0] {
+            TAG_UUID => {
+                let mut bytes = [0u8; 16];
+                self.reader.read_exact(&mut bytes)?;
+                TreeName::Uuid(bytes)
+            }
+            _ => {
+                let mut len = [0u8; 4];
+                self.reader.read_exact(&mut len)?;
+                let mut path = vec![0u8; u32::from_le_bytes(len) as usize];
+                self.reader.read_exact(&mut path)?;
+                let path = String::from_utf8(path).map_err(io::Error::other)?;
+                TreeName::Path(path.into())
+            }
+        };
+        let mut size = [0u8; 8];
+        self.reader.read_exact(&mut size)?;
+        Ok(StoreFile {
+            name,
+            size: u64::from_le_bytes(size),
+        })
+    }
+}
+
+impl Iterator for FileListIter<'_> {
+    type Item = Result<StoreFile>;
+
+    fn next(&mut self) -> Option<Result<StoreFile>> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        Some(
+            self.read_one()
+                .map_err(|e| Error::io("reading back the list of files", e)),
+        )
     }
 }
 
@@ -91,10 +222,10 @@ pub struct FileCounts {
     pub skipped: u64,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
 pub struct Selection {
-    /// Sorted by `rel`, the order they take in the archive.
-    pub files: Vec<StoreFile>,
+    /// In archive order.
+    pub files: FileList,
     pub counts: FileCounts,
     pub total_bytes: u64,
     /// A few examples of each problem, for messages.
@@ -102,152 +233,347 @@ pub struct Selection {
     pub skipped_examples: Vec<String>,
 }
 
-const EXAMPLES: usize = 5;
+impl Selection {
+    fn new() -> Result<Selection> {
+        Ok(Selection {
+            files: FileList::new()?,
+            counts: FileCounts::default(),
+            total_bytes: 0,
+            missing_examples: Vec::new(),
+            skipped_examples: Vec::new(),
+        })
+    }
 
-/// Every regular file below `store`, by path relative to it, with its size, handed to `found`
-/// one at a time (no list of strings: see [`StoreFile`]).
-fn scan(
-    store: &Path,
-    sel: &mut Selection,
-    mut found: impl FnMut(&mut Selection, String, u64),
-) -> Result<()> {
-    if !store.is_dir() {
-        return Err(Error::environment(format!(
-            "the file store {} is not a directory",
-            store.display()
-        ))
-        .with_hint("pass the app's uploaded-files directory (data/files) with --files"));
-    }
-    for entry in walkdir::WalkDir::new(store).min_depth(1) {
-        let entry = entry.map_err(|e| {
-            let path = e
-                .path()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default();
-            Error::io(
-                format!("scanning the file store at {path}"),
-                e.into_io_error()
-                    .unwrap_or_else(|| std::io::Error::other("filesystem loop")),
-            )
-        })?;
-        if entry.file_type().is_dir() {
-            continue;
+    fn include(&mut self, rel: &str, size: u64, legacy: bool) -> Result<()> {
+        if legacy {
+            self.counts.legacy_layout += 1;
         }
-        let rel = entry
-            .path()
-            .strip_prefix(store)
-            .expect("walkdir stays below its root")
-            .to_string_lossy()
-            .into_owned();
-        if !entry.file_type().is_file() {
-            sel.counts.skipped += 1;
-            if sel.skipped_examples.len() < EXAMPLES {
-                sel.skipped_examples
-                    .push(format!("{rel} (not a regular file)"));
-            }
-            continue;
-        }
-        let size = entry
-            .metadata()
-            .map_err(|e| {
-                Error::io(
-                    format!("reading {}", entry.path().display()),
-                    e.into_io_error()
-                        .unwrap_or_else(|| std::io::Error::other("metadata")),
-                )
-            })?
-            .len();
-        found(sel, rel, size);
+        self.total_bytes += size;
+        self.counts.included += 1;
+        self.files.push(&StoreFile::new(rel, size))
     }
-    Ok(())
+
+    fn skip(&mut self, why: String) {
+        self.counts.skipped += 1;
+        if self.skipped_examples.len() < EXAMPLES {
+            self.skipped_examples.push(why);
+        }
+    }
 }
 
-/// The files the rows of `system$filedocument` call for.
-pub fn select_referenced(store: &Path, docs: &[FileDocument]) -> Result<Selection> {
-    let mut sel = Selection::default();
-    let mut present: HashMap<String, u64> = HashMap::new();
-    scan(store, &mut sel, |_, rel, size| {
-        present.insert(rel, size);
-    })?;
-    let mut claimed: HashSet<String> = HashSet::new();
-    for doc in docs {
-        let uuid_rel = doc
-            .uuid
-            .as_deref()
-            .filter(|u| crate::archive::layout::is_uuid(u))
-            .map(uuid_rel_path);
-        let legacy_rel = doc
-            .number
-            .filter(|n| *n >= 0)
-            .map(|n| legacy_rel_path(n as u64));
-        claimed.extend(uuid_rel.iter().cloned());
-        claimed.extend(legacy_rel.iter().cloned());
-        if !doc.has_contents {
-            continue;
+const EXAMPLES: usize = 5;
+
+/// The regular files below a store, by path relative to it, in [`walk_order`], one at a time.
+/// Other entries (links, devices) are counted as skipped on the way.
+struct Walk {
+    root: PathBuf,
+    entries: walkdir::IntoIter,
+}
+
+impl Walk {
+    fn new(store: &Path) -> Result<Walk> {
+        if !store.is_dir() {
+            return Err(Error::environment(format!(
+                "the file store {} is not a directory",
+                store.display()
+            ))
+            .with_hint("pass the app's uploaded-files directory (data/files) with --files"));
         }
-        sel.counts.referenced += 1;
-        if doc.delete_after_download {
-            sel.counts.delete_after_download += 1;
-            continue;
-        }
-        let found = [(uuid_rel, false), (legacy_rel, true)]
-            .into_iter()
-            .find_map(|(rel, legacy)| {
-                let rel = rel?;
-                let size = *present.get(&rel)?;
-                Some((rel, size, legacy))
-            });
-        match found {
-            Some((rel, size, legacy)) => {
-                if legacy {
-                    sel.counts.legacy_layout += 1;
-                }
-                sel.total_bytes += size;
-                sel.files.push(StoreFile::new(&rel, size));
+        Ok(Walk {
+            root: store.to_path_buf(),
+            entries: walkdir::WalkDir::new(store)
+                .min_depth(1)
+                .sort_by_file_name()
+                .into_iter(),
+        })
+    }
+
+    /// The next regular file, as (path below the store, size).
+    fn next_file(&mut self, sel: &mut Selection) -> Result<Option<(String, u64)>> {
+        for entry in self.entries.by_ref() {
+            let entry = entry.map_err(|e| {
+                let path = e
+                    .path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                Error::io(
+                    format!("scanning the file store at {path}"),
+                    e.into_io_error()
+                        .unwrap_or_else(|| std::io::Error::other("filesystem loop")),
+                )
+            })?;
+            if entry.file_type().is_dir() {
+                continue;
             }
-            None => {
-                sel.counts.missing += 1;
-                if sel.missing_examples.len() < EXAMPLES {
-                    let name = doc
-                        .uuid
-                        .clone()
-                        .or_else(|| doc.number.map(|n| n.to_string()))
-                        .unwrap_or_else(|| "(no name)".into());
-                    sel.missing_examples.push(name);
+            let rel = entry
+                .path()
+                .strip_prefix(&self.root)
+                .expect("walkdir stays below its root")
+                .to_string_lossy()
+                .into_owned();
+            if !entry.file_type().is_file() {
+                sel.skip(format!("{rel} (not a regular file)"));
+                continue;
+            }
+            let size = entry
+                .metadata()
+                .map_err(|e| {
+                    Error::io(
+                        format!("reading {}", entry.path().display()),
+                        e.into_io_error()
+                            .unwrap_or_else(|| std::io::Error::other("metadata")),
+                    )
+                })?
+                .len();
+            return Ok(Some((rel, size)));
+        }
+        Ok(None)
+    }
+}
+
+/// Selects the files that the rows of `system$filedocument` call for, by a merge of the store's
+/// sorted walk with the references sorted the same way: [`add`](Self::add) each reference in
+/// order, then [`finish`](Self::finish).
+///
+/// A row's file is its UUID's path when that file exists, else its legacy path. The walk says
+/// whether the path at hand exists; whether the row's other path does (needed only when the
+/// first is absent, or a legacy file is found) is asked of the file system directly, which is
+/// rare in a store of either layout.
+pub struct ReferencedSelection {
+    sel: Selection,
+    walk: Walk,
+    /// The walk's current file, whether a reference named it, and whether it was included.
+    current: Option<(String, u64)>,
+    claimed: bool,
+    included: bool,
+    last_key: Option<String>,
+}
+
+impl ReferencedSelection {
+    pub fn new(store: &Path) -> Result<ReferencedSelection> {
+        let walk = Walk::new(store)?;
+        let mut sel = Selection::new()?;
+        let mut walk = walk;
+        let current = walk.next_file(&mut sel)?;
+        Ok(ReferencedSelection {
+            sel,
+            walk,
+            current,
+            claimed: false,
+            included: false,
+            last_key: None,
+        })
+    }
+
+    fn advance(&mut self) -> Result<()> {
+        if !self.claimed {
+            self.sel.counts.orphaned += 1;
+        }
+        self.current = self.walk.next_file(&mut self.sel)?;
+        self.claimed = false;
+        self.included = false;
+        Ok(())
+    }
+
+    /// Moves the walk to `key`; its size when the store has a regular file there.
+    fn seek(&mut self, key: String) -> Result<Option<u64>> {
+        if let Some(last) = &self.last_key {
+            if walk_order(last, &key) == Ordering::Greater {
+                return Err(Error::environment(format!(
+                    "internal: the file references came out of order ({key} after {last})"
+                )));
+            }
+        }
+        loop {
+            let order = match &self.current {
+                None => break,
+                Some((rel, _)) => walk_order(rel, &key),
+            };
+            match order {
+                Ordering::Less => self.advance()?,
+                Ordering::Equal => {
+                    self.claimed = true;
+                    self.last_key = Some(key);
+                    return Ok(self.current.as_ref().map(|(_, size)| *size));
                 }
+                Ordering::Greater => break,
+            }
+        }
+        self.last_key = Some(key);
+        Ok(None)
+    }
+
+    /// Includes the walk's current file (once, however many rows name it).
+    fn include_current(&mut self, legacy: bool) -> Result<()> {
+        if self.included {
+            return Ok(());
+        }
+        self.included = true;
+        let (rel, size) = self
+            .current
+            .clone()
+            .expect("included after a seek found it");
+        self.sel.include(&rel, size, legacy)
+    }
+
+    fn is_regular_file(&self, rel: &str) -> bool {
+        std::fs::symlink_metadata(self.walk.root.join(rel)).is_ok_and(|m| m.is_file())
+    }
+
+    fn missing(&mut self, doc: &FileDocument) {
+        self.sel.counts.missing += 1;
+        if self.sel.missing_examples.len() < EXAMPLES {
+            let name = doc
+                .uuid
+                .clone()
+                .or_else(|| doc.number.map(|n| n.to_string()))
+                .unwrap_or_else(|| "(no name)".into());
+            self.sel.missing_examples.push(name);
+        }
+    }
+
+    /// Counts a row once, at the reference that stands for it.
+    fn count_row(&mut self, doc: &FileDocument) {
+        if doc.has_contents {
+            self.sel.counts.referenced += 1;
+            if doc.delete_after_download {
+                self.sel.counts.delete_after_download += 1;
             }
         }
     }
-    sel.counts.orphaned = present.keys().filter(|r| !claimed.contains(*r)).count() as u64;
-    finish(sel)
+
+    /// The next reference, in the order of its path.
+    pub fn add(&mut self, r: FileReference) -> Result<()> {
+        let doc = &r.doc;
+        let uuid = doc.uuid.as_deref().filter(|u| is_uuid(u));
+        let number = doc.number.filter(|n| *n >= 0).map(|n| n as u64);
+        let wanted = doc.has_contents && !doc.delete_after_download;
+        match r.path {
+            ReferencePath::Uuid => {
+                let Some(uuid) = uuid else {
+                    // A malformed UUID names no file; the legacy reference speaks for the
+                    // row when it has one.
+                    if number.is_none() {
+                        self.count_row(doc);
+                        if wanted {
+                            self.missing(doc);
+                        }
+                    }
+                    return Ok(());
+                };
+                self.count_row(doc);
+                let present = self.seek(uuid_rel_path(uuid))?;
+                if !wanted {
+                    return Ok(());
+                }
+                if present.is_some() {
+                    self.include_current(false)?;
+                } else if !number.is_some_and(|n| self.is_regular_file(&legacy_rel_path(n))) {
+                    self.missing(doc);
+                }
+                // Else the legacy reference includes the legacy file.
+            }
+            ReferencePath::Legacy => {
+                let Some(n) = number else {
+                    return Err(Error::environment(
+                        "internal: a legacy file reference without a number",
+                    ));
+                };
+                if uuid.is_none() {
+                    self.count_row(doc);
+                }
+                let present = self.seek(legacy_rel_path(n))?;
+                if !wanted {
+                    return Ok(());
+                }
+                match (present, uuid) {
+                    // The UUID's file wins when both exist.
+                    (Some(_), Some(u)) if self.is_regular_file(&uuid_rel_path(u)) => {}
+                    (Some(_), _) => self.include_current(true)?,
+                    (None, None) => self.missing(doc),
+                    // The UUID reference counted it missing (or found it).
+                    (None, Some(_)) => {}
+                }
+            }
+            ReferencePath::Neither => {
+                self.count_row(doc);
+                if wanted {
+                    self.missing(doc);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Walks the rest of the store (orphans all) and hands over the selection.
+    pub fn finish(mut self) -> Result<Selection> {
+        while self.current.is_some() {
+            self.advance()?;
+        }
+        Ok(self.sel)
+    }
+}
+
+/// The references of `docs`, in the order the server sends them (for tests and callers that
+/// hold rows already).
+pub fn references_of(docs: &[FileDocument]) -> Vec<FileReference> {
+    let mut refs: Vec<(Option<String>, FileReference)> = Vec::new();
+    for doc in docs {
+        let make = |path| FileReference {
+            path,
+            doc: doc.clone(),
+        };
+        if let Some(u) = &doc.uuid {
+            let key = format!(
+                "{}/{}/{u}",
+                u.get(0..2).unwrap_or(""),
+                u.get(2..4).unwrap_or("")
+            );
+            refs.push((Some(key), make(ReferencePath::Uuid)));
+        }
+        if let Some(n) = doc.number.filter(|n| *n >= 0) {
+            refs.push((Some(legacy_rel_path(n as u64)), make(ReferencePath::Legacy)));
+        }
+        if doc.uuid.is_none() && doc.number.is_none_or(|n| n < 0) {
+            refs.push((None, make(ReferencePath::Neither)));
+        }
+    }
+    refs.sort_by(|a, b| a.0.cmp(&b.0));
+    refs.into_iter().map(|(_, r)| r).collect()
+}
+
+/// The files the rows in `docs` call for.
+pub fn select_referenced(store: &Path, docs: &[FileDocument]) -> Result<Selection> {
+    let mut merge = ReferencedSelection::new(store)?;
+    for r in references_of(docs) {
+        merge.add(r)?;
+    }
+    merge.finish()
+}
+
+/// The files that the database of `session` references, or `None` when it has no
+/// `system$filedocument`. Read in the session's transaction (the dump's snapshot, in a create).
+pub fn select_referenced_by(session: &Session, store: &Path) -> Result<Option<Selection>> {
+    let mut merge = ReferencedSelection::new(store)?;
+    if !session.file_references(&mut |r| merge.add(r))? {
+        return Ok(None);
+    }
+    merge.finish().map(Some)
 }
 
 /// Every well-named file of the store, for apps without `system$filedocument`.
 pub fn select_all(store: &Path) -> Result<Selection> {
-    let mut sel = Selection::default();
-    scan(store, &mut sel, |sel, rel, size| {
+    let mut walk = Walk::new(store)?;
+    let mut sel = Selection::new()?;
+    while let Some((rel, size)) = walk.next_file(&mut sel)? {
         if is_tree_name(&rel) {
-            if !rel.contains('-') {
-                sel.counts.legacy_layout += 1;
-            }
-            sel.total_bytes += size;
-            sel.files.push(StoreFile::new(&rel, size));
+            sel.include(&rel, size, !rel.contains('-'))?;
         } else {
-            sel.counts.skipped += 1;
-            if sel.skipped_examples.len() < EXAMPLES {
-                sel.skipped_examples.push(format!(
-                    "{rel} (name does not follow the file-store layout)"
-                ));
-            }
+            sel.skip(format!(
+                "{rel} (name does not follow the file-store layout)"
+            ));
         }
-    })?;
-    finish(sel)
-}
-
-fn finish(mut sel: Selection) -> Result<Selection> {
-    sel.files.sort_unstable();
-    sel.files.shrink_to_fit();
-    sel.counts.included = sel.files.len() as u64;
+    }
     Ok(sel)
 }
 
@@ -274,6 +600,14 @@ mod tests {
         }
     }
 
+    fn rels(sel: &mut Selection) -> Vec<String> {
+        sel.files
+            .iter()
+            .unwrap()
+            .map(|f| f.unwrap().rel().into_owned())
+            .collect()
+    }
+
     #[test]
     fn selects_by_reference_in_both_layouts() {
         let dir = tempfile::tempdir().unwrap();
@@ -293,9 +627,11 @@ mod tests {
             doc("3bbbbbbb-0000-4000-8000-000000000003", 4, true, false),
             doc("4ccccccc-0000-4000-8000-000000000004", 5, false, false),
         ];
-        let sel = select_referenced(root, &docs).unwrap();
-        let rels: Vec<_> = sel.files.iter().map(|f| f.rel().into_owned()).collect();
-        assert_eq!(rels, vec!["01/1234".to_string(), uuid_rel_path(A)]);
+        let mut sel = select_referenced(root, &docs).unwrap();
+        assert_eq!(
+            rels(&mut sel),
+            vec!["01/1234".to_string(), uuid_rel_path(A)]
+        );
         assert_eq!(
             sel.counts,
             FileCounts {
@@ -312,6 +648,72 @@ mod tests {
     }
 
     #[test]
+    fn the_uuid_file_wins_rows_without_names_are_missing_and_shared_files_come_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        put(root, &uuid_rel_path(A), b"new");
+        put(root, &legacy_rel_path(7), b"old copy");
+        put(root, &legacy_rel_path(12345), b"legacy only");
+        put(root, "notes.txt", b"foreign");
+        std::os::unix::fs::symlink("/etc/passwd", root.join("0d/link")).unwrap();
+        let docs = vec![
+            doc(A, 7, true, false),
+            // A second row naming the same file.
+            doc(A, -1, true, false),
+            FileDocument {
+                uuid: Some("NOT-A-UUID".into()),
+                number: Some(12345),
+                has_contents: true,
+                delete_after_download: false,
+            },
+            FileDocument {
+                uuid: None,
+                number: None,
+                has_contents: true,
+                delete_after_download: false,
+            },
+            FileDocument {
+                uuid: Some("bad".into()),
+                number: None,
+                has_contents: true,
+                delete_after_download: false,
+            },
+        ];
+        let mut sel = select_referenced(root, &docs).unwrap();
+        assert_eq!(
+            rels(&mut sel),
+            vec![uuid_rel_path(A), legacy_rel_path(12345)]
+        );
+        assert_eq!(
+            sel.counts,
+            FileCounts {
+                referenced: 5,
+                included: 2,
+                missing: 2,
+                // notes.txt; the legacy copy of A is claimed by its row.
+                orphaned: 1,
+                delete_after_download: 0,
+                legacy_layout: 1,
+                skipped: 1,
+            }
+        );
+        assert_eq!(sel.total_bytes, 3 + 11);
+    }
+
+    #[test]
+    fn references_out_of_order_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut merge = ReferencedSelection::new(dir.path()).unwrap();
+        let r = |u: &str| FileReference {
+            path: ReferencePath::Uuid,
+            doc: doc(u, -1, true, false),
+        };
+        merge.add(r(B)).unwrap();
+        let e = merge.add(r(A)).unwrap_err();
+        assert!(e.to_string().contains("out of order"), "{e}");
+    }
+
+    #[test]
     fn all_files_skips_foreign_names() {
         let dir = tempfile::tempdir().unwrap();
         put(dir.path(), &uuid_rel_path(A), b"aaa");
@@ -322,34 +724,42 @@ mod tests {
     }
 
     #[test]
-    fn compact_names_spell_the_same_paths_in_the_same_order() {
-        let names = [
+    fn a_walk_comes_in_archive_order_and_the_list_spells_names_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut names = vec![
             uuid_rel_path(A),
             uuid_rel_path(B),
             uuid_rel_path(C),
             "01/1234".to_string(),
-            "0d/3e/0D3E301F-5551-46F8-AD44-8DE2BE084C95".to_string(),
-            "ff/ff/0d3e301f-5551-46f8-ad44-8de2be084c95".to_string(),
+            "10/10000".to_string(),
+            "100/100000".to_string(),
+            "0D/3E/0D3E301F-5551-46F8-AD44-8DE2BE084C95".to_string(),
             "99/99999".to_string(),
         ];
-        let mut files: Vec<StoreFile> = names.iter().map(|n| StoreFile::new(n, 1)).collect();
-        assert!(matches!(files[0].name, TreeName::Uuid(_)));
-        assert!(
-            matches!(files[4].name, TreeName::Path(_)),
-            "upper case kept as found"
-        );
-        assert!(
-            matches!(files[5].name, TreeName::Path(_)),
-            "folders must match the UUID"
-        );
-        for (f, n) in files.iter().zip(&names) {
-            assert_eq!(f.rel(), n.as_str());
+        for n in &names {
+            put(dir.path(), n, n.as_bytes());
         }
-        files.sort_unstable();
-        let mut want = names.to_vec();
-        want.sort();
-        let got: Vec<String> = files.iter().map(|f| f.rel().into_owned()).collect();
-        assert_eq!(got, want);
-        assert_eq!(std::mem::size_of::<StoreFile>(), 32);
+        let mut sel = select_all(dir.path()).unwrap();
+        names.sort();
+        assert_eq!(rels(&mut sel), names, "string order is walk order");
+        // Read twice: each iteration starts from the beginning.
+        assert_eq!(sel.files.iter().unwrap().count(), names.len());
+        let sizes: Vec<u64> = sel.files.iter().unwrap().map(|f| f.unwrap().size).collect();
+        let want: Vec<u64> = names.iter().map(|n| n.len() as u64).collect();
+        assert_eq!(sizes, want);
+        assert_eq!(sel.counts.legacy_layout, 4);
+        let compact = StoreFile::new(&uuid_rel_path(A), 1);
+        assert!(matches!(compact.name, TreeName::Uuid(_)));
+        assert!(matches!(
+            StoreFile::new("0d/3e/0D3E301F-5551-46F8-AD44-8DE2BE084C95", 1).name,
+            TreeName::Path(_)
+        ));
+    }
+
+    #[test]
+    fn walk_order_sorts_components_first() {
+        assert_eq!(walk_order("a/b", "a-c"), Ordering::Less);
+        assert_eq!(walk_order("01/1234", "0d/3e/x"), Ordering::Less);
+        assert_eq!(walk_order("10/10000", "100/100000"), Ordering::Less);
     }
 }

@@ -10,6 +10,7 @@ pub mod layout;
 pub mod manifest;
 pub mod pgzip;
 pub mod reader;
+pub(crate) mod seen;
 pub mod writer;
 pub mod zipped;
 

@@ -131,10 +131,8 @@ fn check_directory<R: Read + Seek>(
             )));
         }
         let path = member.path();
-        if !seen.insert(&path) {
-            return Err(Error::corrupt(format!(
-                "zip entry {path} appears twice; refusing an ambiguous archive"
-            )));
+        if let Some(repeat) = seen.insert(&path)? {
+            return Err(zip_twice(&repeat));
         }
         let start = entry.data_start().unwrap_or_else(|| entry.header_start());
         if compressed > 0 {
@@ -166,7 +164,16 @@ fn check_directory<R: Read + Seek>(
             declared.len()
         )));
     }
+    if let Some(repeat) = seen.finish()? {
+        return Err(zip_twice(&repeat));
+    }
     Ok(declared)
+}
+
+fn zip_twice(path: &str) -> Error {
+    Error::corrupt(format!(
+        "zip entry {path} appears twice; refusing an ambiguous archive"
+    ))
 }
 
 /// Hashes and counts what is read through it, and never lets more than `limit` bytes through

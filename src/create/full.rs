@@ -127,7 +127,7 @@ impl DumpJob<'_> {
 /// valid gzip or zstd stream of one tar.
 pub(super) fn write_full<W: Write + Send>(
     job: &DumpJob<'_>,
-    selection: &Selection,
+    selection: &mut Selection,
     store: &Path,
     sink: W,
     options: &TarOptions,
@@ -137,7 +137,7 @@ pub(super) fn write_full<W: Write + Send>(
     progress.stage_with_files(
         "dumping the database and writing the files",
         Some(selection.total_bytes),
-        Some(selection.files.len() as u64),
+        Some(selection.files.len()),
     );
     let (handoff, handed) = std::sync::mpsc::channel();
     let relay = Relay::new(job.spool_dir, handed).map_err(|e| {
@@ -224,11 +224,12 @@ fn append_dump<W: Write>(
 pub(super) fn append_files<W: Write>(
     tar: &mut TarWriter<'_, W>,
     store: &Path,
-    selection: &Selection,
+    selection: &mut Selection,
     progress: &dyn Progress,
     cancel: &Cancel,
 ) -> Result<()> {
-    for (i, f) in selection.files.iter().enumerate() {
+    for (i, f) in selection.files.iter()?.enumerate() {
+        let f = f?;
         if i == 1 {
             crate::sys::crash_point("create-writing");
         }

@@ -332,15 +332,15 @@ fn make(plan: Plan, progress: &dyn Progress, cancel: &Cancel) -> Result<CreateRe
     };
 
     // Which files, read in the same snapshot as the dump.
-    let (selection, file_selection) = match (&opts.files, variant.has_files()) {
+    let (mut selection, file_selection) = match (&opts.files, variant.has_files()) {
         (Some(store), true) => {
             progress.note(&format!("scanning the file store {}", store.display()));
-            let docs = match (&session, opts.all_files) {
-                (Some(s), false) => s.file_documents()?,
+            let referenced = match (&session, opts.all_files) {
+                (Some(s), false) => store::select_referenced_by(s, store)?,
                 _ => None,
             };
-            let (sel, how) = match docs {
-                Some(docs) => (store::select_referenced(store, &docs)?, "referenced"),
+            let (sel, how) = match referenced {
+                Some(sel) => (sel, "referenced"),
                 None => {
                     if session.is_some() && !opts.all_files {
                         warn(
@@ -452,13 +452,9 @@ fn make(plan: Plan, progress: &dyn Progress, cancel: &Cancel) -> Result<CreateRe
             (Some(dumped), written)
         }
         Variant::Files => {
-            let sel = selection.as_ref().ok_or_else(|| needs("file selection"))?;
+            let sel = selection.as_mut().ok_or_else(|| needs("file selection"))?;
             let store = opts.files.as_deref().ok_or_else(|| needs("file store"))?;
-            progress.stage_with_files(
-                "writing the archive",
-                files_size,
-                Some(sel.files.len() as u64),
-            );
+            progress.stage_with_files("writing the archive", files_size, Some(sel.files.len()));
             let mut tar = TarWriter::new(sink, &tar_options, progress).map_err(full::writing)?;
             full::append_files(&mut tar, store, sel, progress, cancel)?;
             let (out, written) = tar.finish().map_err(full::writing)?;
@@ -466,7 +462,7 @@ fn make(plan: Plan, progress: &dyn Progress, cancel: &Cancel) -> Result<CreateRe
         }
         Variant::Full => {
             let job = dump_job.as_ref().ok_or_else(|| needs("dump job"))?;
-            let sel = selection.as_ref().ok_or_else(|| needs("file selection"))?;
+            let sel = selection.as_mut().ok_or_else(|| needs("file selection"))?;
             let store = opts.files.as_deref().ok_or_else(|| needs("file store"))?;
             let (dumped, written, sink) =
                 full::write_full(job, sel, store, sink, &tar_options, progress, cancel)?;

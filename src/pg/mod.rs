@@ -7,5 +7,5 @@ pub mod tls;
 pub mod tools;
 
 pub use conn::ConnSpec;
-pub use query::{FileDocument, Session};
+pub use query::{FileDocument, FileReference, ReferencePath, Session};
 pub use tools::PgTools;

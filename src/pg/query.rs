@@ -132,6 +132,24 @@ pub struct FileDocument {
     pub delete_after_download: bool,
 }
 
+/// Which of a row's paths a [`FileReference`] stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReferencePath {
+    /// `aa/bb/<uuid>` (a row with a UUID; whether it is well-formed is for the store to say).
+    Uuid,
+    /// `nn/<number>`.
+    Legacy,
+    /// A row with neither.
+    Neither,
+}
+
+/// A row of `system$filedocument` at one of the places its file may be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileReference {
+    pub path: ReferencePath,
+    pub doc: FileDocument,
+}
+
 /// Quotes an SQL identifier.
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -341,33 +359,101 @@ impl Session {
         self.execute(&sql)
     }
 
-    /// The rows of `system$filedocument`, or `None` when the database has no such table.
-    pub fn file_documents(&self) -> Result<Option<Vec<FileDocument>>> {
+    /// Whether the database has `system$filedocument`.
+    pub fn has_file_documents(&self) -> Result<bool> {
         let exists = self.one_text("SELECT to_regclass('public.\"system$filedocument\"')::text")?;
-        if exists.is_none() {
-            return Ok(None);
+        Ok(exists.is_some())
+    }
+
+    /// The rows of `system$filedocument` as [`FileReference`]s in the order of the store's
+    /// paths, handed to `each` one at a time as they arrive (never all in memory: a store can
+    /// have millions of files). Returns false, without calling `each`, when the database has no
+    /// such table.
+    ///
+    /// A row comes once for its UUID's path and once for its legacy path (when it has each),
+    /// or once with no path; the server sorts them by path in byte order ("C"), which is also
+    /// the order of a directory walk sorted one folder at a time, because these paths hold
+    /// nothing that sorts below `/`.
+    pub fn file_references(
+        &self,
+        each: &mut dyn FnMut(FileReference) -> Result<()>,
+    ) -> Result<bool> {
+        if !self.has_file_documents()? {
+            return Ok(false);
         }
-        let sql = r#"SELECT "__uuid__"::text, "__filename__"::bigint,
-                            coalesce(hascontents, false), coalesce(deleteafterdownload, false)
-                     FROM public."system$filedocument""#;
-        let rows = self
+        let sql = r#"WITH docs AS (
+                       SELECT "__uuid__"::text AS u, "__filename__"::bigint AS n,
+                              coalesce(hascontents, false) AS c,
+                              coalesce(deleteafterdownload, false) AS d
+                       FROM public."system$filedocument")
+                     SELECT b, u, n, c, d FROM (
+                       SELECT substr(u, 1, 2) || '/' || substr(u, 3, 2) || '/' || u AS k, 0 AS b,
+                              u, n, c, d
+                       FROM docs WHERE u IS NOT NULL
+                       UNION ALL
+                       SELECT CASE WHEN n < 10000 THEN '0' ELSE '' END || (n / 1000)::text
+                                || '/' || n::text, 1, u, n, c, d
+                       FROM docs WHERE n >= 0
+                       UNION ALL
+                       SELECT NULL, 2, u, n, c, d
+                       FROM docs WHERE u IS NULL AND (n IS NULL OR n < 0)
+                     ) refs
+                     ORDER BY k COLLATE "C" NULLS FIRST"#;
+        let failed = |e| {
+            query_error("reading system$filedocument", e).with_hint(
+                "the table needs the columns __uuid__, __filename__, hascontents and \
+                 deleteafterdownload; use --all-files to pack the whole store instead",
+            )
+        };
+        let no_params: [&(dyn tokio_postgres::types::ToSql + Sync); 0] = [];
+        let stream = self
             .runtime
-            .block_on(self.client.query(sql, &[]))
-            .map_err(|e| {
-                query_error("reading system$filedocument", e).with_hint(
-                    "the table needs the columns __uuid__, __filename__, hascontents and \
-                     deleteafterdownload; use --all-files to pack the whole store instead",
-                )
-            })?;
-        Ok(Some(
-            rows.iter()
-                .map(|r| FileDocument {
-                    uuid: r.get(0),
-                    number: r.get(1),
-                    has_contents: r.get(2),
-                    delete_after_download: r.get(3),
-                })
-                .collect(),
-        ))
+            .block_on(
+                self.client.query_raw(
+                    sql,
+                    no_params
+                        .iter()
+                        .map(|p| *p as &dyn tokio_postgres::types::ToSql),
+                ),
+            )
+            .map_err(failed)?;
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            // A batch per wake-up: the rows come off the socket as they are read, so the
+            // server waits for a slow reader instead of the client buffering the table.
+            let batch = self.runtime.block_on(async {
+                let mut batch = Vec::with_capacity(1024);
+                while batch.len() < 1024 {
+                    let next = std::future::poll_fn(|cx| {
+                        futures_core::Stream::poll_next(stream.as_mut(), cx)
+                    })
+                    .await;
+                    match next {
+                        Some(row) => batch.push(row),
+                        None => break,
+                    }
+                }
+                batch
+            });
+            let done = batch.len() < 1024;
+            for row in batch {
+                let r = row.map_err(failed)?;
+                let doc = FileDocument {
+                    uuid: r.get(1),
+                    number: r.get(2),
+                    has_contents: r.get(3),
+                    delete_after_download: r.get(4),
+                };
+                let path = match r.get::<_, i32>(0) {
+                    0 => ReferencePath::Uuid,
+                    1 => ReferencePath::Legacy,
+                    _ => ReferencePath::Neither,
+                };
+                each(FileReference { path, doc })?;
+            }
+            if done {
+                return Ok(true);
+            }
+        }
     }
 }

@@ -283,9 +283,9 @@ fn missing_files_warning(plan: &EnvPlan) -> Result<Option<String>> {
     let target = &plan.target;
     let staging_spec = target.database.with_dbname(&plan.staging_db);
     let staging = Session::connect(&staging_spec)?;
-    let Some(docs) = staging.file_documents()? else {
+    if !staging.has_file_documents()? {
         return Ok(None);
-    };
+    }
     if !target.files.is_dir() {
         return Ok(Some(format!(
             "database-only restore: the restored database references files, and {} does not \
@@ -293,7 +293,9 @@ fn missing_files_warning(plan: &EnvPlan) -> Result<Option<String>> {
             target.files.display()
         )));
     }
-    let sel = store::select_referenced(&target.files, &docs)?;
+    let Some(sel) = store::select_referenced_by(&staging, &target.files)? else {
+        return Ok(None);
+    };
     Ok((sel.counts.missing > 0).then(|| {
         format!(
             "database-only restore: the restored database references {} file(s) that {} \

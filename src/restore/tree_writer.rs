@@ -130,7 +130,19 @@ fn write_files(chunks: Receiver<Chunk>, give_back: Sender<Vec<u8>>) -> Result<()
                 .mode(0o644)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&path)
-                .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+                .map_err(|e| {
+                    // Members of one name are refused by the walk, out of order only at its
+                    // end: the staging tree, which starts empty, sees the repeat first.
+                    if e.kind() == std::io::ErrorKind::AlreadyExists {
+                        let name = path.file_name().unwrap_or_default().to_string_lossy();
+                        Error::corrupt(format!(
+                            "a member for file {name} appears twice; refusing an ambiguous \
+                             archive"
+                        ))
+                    } else {
+                        Error::io(format!("creating {}", path.display()), e)
+                    }
+                })?;
             open = Some((file, path));
         }
         let Some((file, path)) = open.as_mut() else {
