@@ -14,21 +14,14 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"; root="$(dirname "$here")"
 command -v zstd >/dev/null || { apt-get update -qq && apt-get install -y -qq zstd >/dev/null; }
 [ -x /usr/bin/time ] || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
-(cd "$root" && cargo build --release --quiet)
-mx="$root/target/release/mxsnap"
+. "$here/lib.sh"; bench_build
 counts=("$@"); [ ${#counts[@]} -gt 0 ] || counts=(100000 1000000)
 cores=$(nproc)
 
 work=$(mktemp -d /var/tmp/mxsnap-many.XXXXXX); chmod 755 "$work"
-bin=$(dirname "$(readlink -f "$(command -v initdb || ls /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")")
-as_pg=(); [ "$(id -u)" -eq 0 ] && as_pg=(runuser -u postgres --)
-mkdir -p "$work/pg"; [ "$(id -u)" -eq 0 ] && chown postgres: "$work/pg"
-cleanup() { "${as_pg[@]}" "$bin/pg_ctl" -D "$work/pg/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$work"; }
+cleanup() { bench_cluster_stop; rm -rf "$work"; }
 trap cleanup EXIT
-"${as_pg[@]}" "$bin/initdb" -A trust -U postgres -E UTF8 --locale=C --no-sync -D "$work/pg/data" >/dev/null
-"${as_pg[@]}" "$bin/pg_ctl" -D "$work/pg/data" -l "$work/pg/log" -w \
-  -o "-k $work/pg -c listen_addresses='' -p 5432 -c max_wal_size=4GB" start >/dev/null
-export PGHOST="$work/pg" PGUSER=postgres PGPORT=5432
+bench_cluster "$work"
 psql() { "$bin/psql" -X -q "$@"; }
 
 # measure NAME CMD: one run; prints seconds, peak RSS and CPU/cores.

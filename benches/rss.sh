@@ -6,17 +6,14 @@
 # stopped at the end), so the script needs PostgreSQL's server binaries, like the tests.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"; root="$(dirname "$here")"
-(cd "$root" && cargo build --release --quiet)
-mx="$root/target/release/mxsnap"
+. "$here/lib.sh"; bench_build
 # Reachable by the postgres user, so the environment's cluster lives inside it.
 work=$(mktemp -d /var/tmp/mxsnap-rss.XXXXXX); chmod 755 "$work"
-cleanup() { "$mx" env stop "$work/env" >/dev/null 2>&1 || true; rm -rf "$work"; }
+cleanup() { bench_env_stop; rm -rf "$work"; }
 trap cleanup EXIT
 sizes=("$@"); [ ${#sizes[@]} -gt 0 ] || sizes=(1024 4096)
 # Make the environment first (initdb's own memory would count in the first restore's peak).
-mkdir -p "$work/tiny/aa/bb"; echo tiny > "$work/tiny/aa/bb/aabbcccc-0000-4000-8000-000000000000"
-"$mx" create -q --variant files --all-files --files "$work/tiny" --output "$work/tiny.tar.gz"
-"$mx" restore -q --yes "$work/tiny.tar.gz" --into "$work/env"
+bench_env "$work"
 printf '%-9s %-6s %-8s %8s %10s\n' "store" "codec" "job" "seconds" "peak RSS"
 for mb in "${sizes[@]}"; do
   python3 "$here/gen_store.py" "$work/s$mb" "$mb" > /dev/null 2>&1

@@ -9,44 +9,24 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"; root="$(dirname "$here")"
 mb=${1:-1024}
 listers=50; downloaders=8; max_lists=100
-(cd "$root" && cargo build --release --quiet)
-mx="$root/target/release/mxsnap"
+. "$here/lib.sh"; bench_build
 work=$(mktemp -d /var/tmp/mxsnap-serve.XXXXXX); chmod 755 "$work"
 pid=""
 cleanup() {
   [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
-  "$mx" env stop "$work/env" >/dev/null 2>&1 || true
+  bench_env_stop
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 # A database (a managed local environment) and a store of SIZE_MB.
-mkdir -p "$work/tiny/aa/bb"; echo tiny > "$work/tiny/aa/bb/aabbcccc-0000-4000-8000-000000000000"
-"$mx" create -q --variant files --all-files --files "$work/tiny" --output "$work/tiny.tar.gz"
-"$mx" restore -q --yes "$work/tiny.tar.gz" --into "$work/env"
-url=$("$mx" env status "$work/env" --json | python3 -c 'import json,sys; s=json.load(sys.stdin)["settings"]; print("postgresql://%s:%s@%s:%d/postgres" % (s["user"], s.get("password") or "", s["host"], s["port"]))')
+bench_env "$work"
+url=$env_url/postgres
 python3 "$here/gen_store.py" "$work/store" "$mb" > /dev/null 2>&1
 
-key=bench-key-$$
-cat > "$work/serve.toml" <<END
-listen = "127.0.0.1:0"
-repo = "$work/repo"
-[[apps]]
-id = "bench"
-[[apps.environments]]
-mode = "Acceptance"
-database = "$url"
-files = "$work/store"
-[[users]]
-name = "bench@example.com"
-key_sha256 = "$(echo "$key" | "$mx" serve hash-key)"
-environments = ["*"]
-END
-chmod 600 "$work/serve.toml"
-"$mx" serve --config "$work/serve.toml" 2> "$work/serve.log" &
-pid=$!
-for _ in $(seq 100); do grep -q "listening on" "$work/serve.log" && break; sleep 0.1; done
-base=$(grep -o 'http://[0-9.:]*' "$work/serve.log" | head -1)
+bench_serve "$work" "$url" "$work/store"
+key=$bench_key
+base=$serve_url
 api="$base/api/1/apps/bench/environments/acceptance"
 auth=(-H "Mendix-Username: bench@example.com" -H "Mendix-ApiKey: $key")
 

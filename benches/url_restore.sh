@@ -12,8 +12,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"; root="$(dirname "$here")"
 mb=${1:-1024}; rounds=${2:-3}
-(cd "$root" && cargo build --release --quiet)
-mx="$root/target/release/mxsnap"
+. "$here/lib.sh"; bench_build
 work=$(mktemp -d /var/tmp/mxsnap-url.XXXXXX); chmod 755 "$work"
 tdir=${TARGET_DIR:-$( [ -d /dev/shm ] && echo /dev/shm || echo "$work")}
 target=$(mktemp -d "$tdir/mxsnap-url-target.XXXXXX")
@@ -21,38 +20,19 @@ pid=""
 cleanup() {
   rm -rf "$target"
   [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
-  "$mx" env stop "$work/env" >/dev/null 2>&1 || true
+  bench_env_stop
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 # A database server (a managed local environment) holding the source; the store.
-mkdir -p "$work/tiny/aa/bb"; echo tiny > "$work/tiny/aa/bb/aabbcccc-0000-4000-8000-000000000000"
-"$mx" create -q --variant files --all-files --files "$work/tiny" --output "$work/tiny.tar.gz"
-"$mx" restore -q --yes "$work/tiny.tar.gz" --into "$work/env"
-base_url=$("$mx" env status "$work/env" --json | python3 -c 'import json,sys; s=json.load(sys.stdin)["settings"]; print("postgresql://%s:%s@%s:%d" % (s["user"], s.get("password") or "", s["host"], s["port"]))')
+bench_env "$work"
+base_url=$env_url
 python3 "$here/gen_store.py" "$work/store" "$mb" > /dev/null 2>&1
 
-key=bench-key-$$
-cat > "$work/serve.toml" <<END
-listen = "127.0.0.1:0"
-repo = "$work/repo"
-[[apps]]
-id = "bench"
-[[apps.environments]]
-mode = "Acceptance"
-database = "$base_url/postgres"
-files = "$work/store"
-[[users]]
-name = "bench@example.com"
-key_sha256 = "$(echo "$key" | "$mx" serve hash-key)"
-environments = ["*"]
-END
-chmod 600 "$work/serve.toml"
-"$mx" serve --config "$work/serve.toml" 2> "$work/serve.log" &
-pid=$!
-for _ in $(seq 100); do grep -q "listening on" "$work/serve.log" && break; sleep 0.1; done
-api=$(grep -o 'http://[0-9.:]*' "$work/serve.log" | head -1)
+bench_serve "$work" "$base_url/postgres" "$work/store"
+key=$bench_key
+api=$serve_url
 export MENDIX_USERNAME=bench@example.com MENDIX_APIKEY=$key
 remote=("$mx" remote -q --api-url "$api" --app bench --env acceptance)
 "${remote[@]}" create --wait > /dev/null

@@ -22,6 +22,7 @@ use crate::archive::layout::{
 };
 use crate::error::{Error, Result};
 use crate::pg::{FileDocument, FileReference, ReferencePath, Session};
+use crate::sys::ReadAt;
 
 /// One file to pack: its path below `tree/` (and below the store), and the size seen when
 /// scanning.
@@ -126,13 +127,7 @@ impl FileList {
         self.spool
             .flush()
             .map_err(|e| Error::io("writing the list of files", e))?;
-        let reader = BufReader::with_capacity(
-            64 * 1024,
-            PositionedReader {
-                file: self.spool.get_ref(),
-                pos: 0,
-            },
-        );
+        let reader = BufReader::with_capacity(64 * 1024, ReadAt::new(self.spool.get_ref(), 0));
         Ok(FileListIter {
             reader,
             left: self.len,
@@ -140,22 +135,8 @@ impl FileList {
     }
 }
 
-/// Reads a file from its own offset (`pread`), leaving the spool's write position alone.
-struct PositionedReader<'a> {
-    file: &'a File,
-    pos: u64,
-}
-
-impl Read for PositionedReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = std::os::unix::fs::FileExt::read_at(self.file, buf, self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
 struct FileListIter<'a> {
-    reader: BufReader<PositionedReader<'a>>,
+    reader: BufReader<ReadAt<&'a File>>,
     left: u64,
 }
 
@@ -351,9 +332,8 @@ pub struct ReferencedSelection {
 
 impl ReferencedSelection {
     pub fn new(store: &Path) -> Result<ReferencedSelection> {
-        let walk = Walk::new(store)?;
+        let mut walk = Walk::new(store)?;
         let mut sel = Selection::new()?;
-        let mut walk = walk;
         let current = walk.next_file(&mut sel)?;
         Ok(ReferencedSelection {
             sel,

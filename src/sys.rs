@@ -1,11 +1,34 @@
 //! Every call into libc and every `unsafe` block of the crate, each behind a safe function.
 
+use std::borrow::Borrow;
 use std::ffi::CString;
 use std::fs::File;
-use std::io;
+use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
+
+/// Reads a file from an offset of its own (`pread`), leaving the file's position alone, so one
+/// spool can be read back in several places while it is still written.
+pub struct ReadAt<F: Borrow<File>> {
+    file: F,
+    pos: u64,
+}
+
+impl<F: Borrow<File>> ReadAt<F> {
+    pub fn new(file: F, pos: u64) -> ReadAt<F> {
+        ReadAt { file, pos }
+    }
+}
+
+impl<F: Borrow<File>> Read for ReadAt<F> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.borrow().read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
 
 /// Test hook: `MXSNAP_CRASH_AT=<point>` makes the process kill itself with SIGKILL at that
 /// point, exactly as `kill -9` would, so crash recovery can be tested deterministically.

@@ -15,6 +15,7 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 
 use super::layout::{DUMP, MANIFEST, METADATA};
 use crate::error::{Error, Result};
+use crate::sys::ReadAt;
 
 /// Name bytes held in memory before a run is sorted and written out.
 const RUN_BYTES: usize = 4 << 20;
@@ -151,7 +152,7 @@ impl SeenMembers {
         for (start, names) in &spill.runs {
             let handle = file.try_clone().map_err(spill_error)?;
             readers.push(RunReader {
-                reader: BufReader::with_capacity(16 * 1024, PositionedFile::new(handle, *start)),
+                reader: BufReader::with_capacity(16 * 1024, ReadAt::new(handle, *start)),
                 left: *names,
             });
         }
@@ -200,27 +201,8 @@ impl Ord for Head {
 
 /// Reads a shared file from its own offset (`pread`): the duplicated handles of one file
 /// share a seek position, so each run keeps its own.
-struct PositionedFile {
-    file: File,
-    pos: u64,
-}
-
-impl PositionedFile {
-    fn new(file: File, pos: u64) -> PositionedFile {
-        PositionedFile { file, pos }
-    }
-}
-
-impl Read for PositionedFile {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = std::os::unix::fs::FileExt::read_at(&self.file, buf, self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
 struct RunReader {
-    reader: BufReader<PositionedFile>,
+    reader: BufReader<ReadAt<File>>,
     left: u64,
 }
 
