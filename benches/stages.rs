@@ -91,5 +91,154 @@ fn tar_stage(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, codecs, tar_stage);
+/// One 1 MiB block deflated at level 6 (how mxsnap's gzip members are made) by zlib-rs
+/// (through flate2) and by libdeflate, and inflated back by each: the text-like part of the
+/// sample only, since dense segments are stored without either.
+fn deflate_block(c: &mut Criterion) {
+    let data = sample();
+    let block: Vec<u8> = data
+        .chunks(64 * 1024)
+        .enumerate()
+        .filter(|(i, _)| i % 3 != 2)
+        .flat_map(|(_, c)| c.iter().copied())
+        .take(1 << 20)
+        .collect();
+    let mut g = c.benchmark_group("deflate 1 MiB");
+    g.throughput(Throughput::Bytes(block.len() as u64));
+    g.sample_size(20);
+    let mut zlib = flate2::Compress::new(flate2::Compression::new(6), false);
+    let mut out = Vec::with_capacity(2 << 20);
+    g.bench_function("compress zlib-rs 6", |b| {
+        b.iter(|| {
+            zlib.reset();
+            out.clear();
+            zlib.compress_vec(&block, &mut out, flate2::FlushCompress::Finish)
+                .unwrap();
+        })
+    });
+    let zlib_out = out.clone();
+    let mut libdeflate = libdeflater::Compressor::new(libdeflater::CompressionLvl::new(6).unwrap());
+    let mut buf = vec![0u8; libdeflate.deflate_compress_bound(block.len())];
+    g.bench_function("compress libdeflate 6", |b| {
+        b.iter(|| libdeflate.deflate_compress(&block, &mut buf).unwrap())
+    });
+    let n = libdeflate.deflate_compress(&block, &mut buf).unwrap();
+    eprintln!(
+        "deflate 1 MiB: zlib-rs 6 -> {} bytes, libdeflate 6 -> {n} bytes",
+        zlib_out.len()
+    );
+    let deflated = buf[..n].to_vec();
+    let mut inflated = vec![0u8; block.len()];
+    g.bench_function("decompress zlib-rs", |b| {
+        let mut z = flate2::Decompress::new(false);
+        b.iter(|| {
+            z.reset(false);
+            z.decompress(&deflated, &mut inflated, flate2::FlushDecompress::Finish)
+                .unwrap();
+        })
+    });
+    let mut d = libdeflater::Decompressor::new();
+    g.bench_function("decompress libdeflate", |b| {
+        b.iter(|| d.deflate_decompress(&deflated, &mut inflated).unwrap())
+    });
+    g.finish();
+}
+
+/// pgbench_accounts as pg_dump's COPY text has it (what a database dump mostly looks like to
+/// the compressor: short numbers, repeated filler).
+fn dump_like(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 128);
+    let mut i = 1u64;
+    while out.len() < len {
+        let row = format!(
+            "{i}\t{}\t{}\t{:84}\n",
+            i / 100_000 + 1,
+            (i * 7919) % 5000,
+            ""
+        );
+        out.extend_from_slice(row.as_bytes());
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+/// Size and speed of every level of zlib-rs and libdeflate on one 1 MiB block of each kind
+/// of data, printed as a table (a sweep, not a criterion measurement: 20 rounds each).
+fn level_sweep(_: &mut Criterion) {
+    let letters: Vec<u8> = sample()
+        .chunks(64 * 1024)
+        .enumerate()
+        .filter(|(i, _)| i % 3 != 2)
+        .flat_map(|(_, c)| c.iter().copied())
+        .take(1 << 20)
+        .collect();
+    let dump = dump_like(1 << 20);
+    // Prose and code, repeats of every length: this crate's own sources, read until 1 MiB.
+    let mut source = Vec::new();
+    for entry in
+        walkdir::WalkDir::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src")).sort_by_file_name()
+    {
+        let entry = entry.unwrap();
+        if entry.file_type().is_file() {
+            source.extend(std::fs::read(entry.path()).unwrap());
+        }
+    }
+    while source.len() < 1 << 20 {
+        source.extend_from_within(..);
+    }
+    source.truncate(1 << 20);
+    let rounds = 40;
+    let mut out = Vec::with_capacity(2 << 20);
+    for (kind, block) in [("letters", &letters), ("dump", &dump), ("source", &source)] {
+        for level in 1..=9 {
+            let mut zlib = flate2::Compress::new(flate2::Compression::new(level), false);
+            let t = std::time::Instant::now();
+            for _ in 0..rounds {
+                zlib.reset();
+                out.clear();
+                zlib.compress_vec(block, &mut out, flate2::FlushCompress::Finish)
+                    .unwrap();
+            }
+            let zlib_mibs = rounds as f64 / t.elapsed().as_secs_f64();
+            let zlib_len = out.len();
+            let mut ld = libdeflater::Compressor::new(
+                libdeflater::CompressionLvl::new(level as i32).unwrap(),
+            );
+            let mut buf = vec![0u8; ld.deflate_compress_bound(block.len())];
+            let t = std::time::Instant::now();
+            let mut n = 0;
+            for _ in 0..rounds {
+                n = ld.deflate_compress(block, &mut buf).unwrap();
+            }
+            let ld_mibs = rounds as f64 / t.elapsed().as_secs_f64();
+            eprintln!(
+                "sweep {kind:8} level {level}: zlib-rs {zlib_len:8} B {zlib_mibs:6.1} MiB/s   libdeflate {n:8} B {ld_mibs:6.1} MiB/s"
+            );
+            if level == 6 {
+                let deflated = buf[..n].to_vec();
+                let mut inflated = vec![0u8; block.len()];
+                let mut z = flate2::Decompress::new(false);
+                let t = std::time::Instant::now();
+                for _ in 0..rounds {
+                    z.reset(false);
+                    z.decompress(&deflated, &mut inflated, flate2::FlushDecompress::Finish)
+                        .unwrap();
+                }
+                let zlib_mibs = rounds as f64 / t.elapsed().as_secs_f64();
+                let mut d = libdeflater::Decompressor::new();
+                let t = std::time::Instant::now();
+                for _ in 0..rounds {
+                    d.deflate_decompress(&deflated, &mut inflated).unwrap();
+                }
+                let ld_mibs = rounds as f64 / t.elapsed().as_secs_f64();
+                eprintln!(
+                    "sweep {kind:8} inflate: zlib-rs {zlib_mibs:6.1} MiB/s   libdeflate {ld_mibs:6.1} MiB/s"
+                );
+            }
+        }
+    }
+}
+
+criterion_group!(benches, codecs, tar_stage, deflate_block, level_sweep);
 criterion_main!(benches);

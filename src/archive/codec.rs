@@ -89,14 +89,14 @@ impl<W: Write> Write for Encoder<W> {
 /// A decompressing reader over `inner`.
 ///
 /// Gzip is read as a series of members (as `gzip -d` does), so concatenated streams decode
-/// whole; zstd likewise reads every frame. Both report a cut or damaged trailer as an error
+/// whole; mxsnap's own members are inflated on every core. zstd likewise reads every frame. Both report a cut or damaged trailer as an error
 /// when read to the end, which is why readers must always drain them.
 pub fn decoder<'a, R: BufRead + Send + 'a>(
     inner: R,
     compression: Compression,
 ) -> io::Result<super::Input<'a>> {
     Ok(match compression {
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(inner)),
+        Compression::Gzip => Box::new(super::pgzip::ParallelGzDecoder::new(inner, workers())),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(inner)?),
         Compression::None => Box::new(inner),
     })
