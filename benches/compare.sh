@@ -42,12 +42,8 @@ free_mb=$(df -Pm "$work" | awk 'NR == 2 { print $4 }')
 [ "$free_mb" -ge "$need_mb" ] || { echo "bench: needs ${need_mb} MiB free in $work, has ${free_mb}" >&2; exit 1; }
 echo "bench: generating a ${size_mb} MiB store and database in $work" >&2
 python3 "$here/gen_store.py" "$work/store" "$size_mb" > "$work/uuids.txt"
-"$bin/psql" -X -q -d postgres -c "CREATE DATABASE bench"
 scale=$(( size_mb / 15 > 0 ? size_mb / 15 : 1 ))
-"$bin/pgbench" -i -q -s "$scale" bench 2>/dev/null
-"$bin/psql" -X -q -d bench -c 'CREATE TABLE "system$filedocument" (id bigserial PRIMARY KEY, "__uuid__" varchar(36), "__filename__" bigint, hascontents boolean, deleteafterdownload boolean)'
-awk '{print $1"\t"NR"\tt\tf"}' "$work/uuids.txt" | "$bin/psql" -X -q -d bench -c '\copy "system$filedocument" ("__uuid__", "__filename__", hascontents, deleteafterdownload) FROM STDIN'
-"$bin/psql" -X -q -d bench -c 'VACUUM ANALYZE'
+bench_app_db bench "$work/uuids.txt" "$scale"
 db_mb=$("$bin/psql" -X -A -t -d bench -c "SELECT pg_database_size('bench') / 1048576")
 echo "bench: database ${db_mb} MiB (pgbench scale $scale)" >&2
 

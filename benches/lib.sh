@@ -70,3 +70,22 @@ END
   serve_url=$(grep -o 'http://[0-9.:]*' "$work/serve.log" | head -1)
   [ -n "$serve_url" ] || { echo "bench: mxsnap serve did not start:" >&2; cat "$work/serve.log" >&2; return 1; }
 }
+
+# bench_app_db DB UUIDS SCALE: a database like an app's in the cluster: pgbench tables at
+# SCALE (about 15 MiB each) and a system$filedocument row for each UUID in the file UUIDS.
+bench_app_db() {
+  local db=$1 uuids=$2 scale=$3
+  "$bin/psql" -X -q -d postgres -c "CREATE DATABASE $db"
+  "$bin/pgbench" -i -q -s "$scale" "$db" 2>/dev/null
+  "$bin/psql" -X -q -d "$db" -c 'CREATE TABLE "system$filedocument" (id bigserial PRIMARY KEY, "__uuid__" varchar(36), "__filename__" bigint, hascontents boolean, deleteafterdownload boolean)'
+  awk '{print $1"\t"NR"\tt\tf"}' "$uuids" | "$bin/psql" -X -q -d "$db" -c '\copy "system$filedocument" ("__uuid__", "__filename__", hascontents, deleteafterdownload) FROM STDIN'
+  "$bin/psql" -X -q -d "$db" -c 'VACUUM ANALYZE'
+}
+
+# bench_time OUT CMD: runs CMD under GNU time; OUT gets "seconds peak_kib cpu_seconds"
+# (user + system, children included).
+bench_time() {
+  local out=$1 cmd=$2
+  /usr/bin/time -f "%e %M %U %S" -o "$out.raw" bash -c "$cmd" >/dev/null
+  awk '{ printf "%s %s %.2f\n", $1, $2, $3 + $4 }' "$out.raw" > "$out"
+}

@@ -58,11 +58,7 @@ for _ in range(n):
     out.write(u + "\n")
 PY
   db="many$n"
-  psql -d postgres -c "CREATE DATABASE $db"
-  "$bin/pgbench" -i -q -s 5 "$db" 2>/dev/null
-  psql -d "$db" -c 'CREATE TABLE "system$filedocument" (id bigserial PRIMARY KEY, "__uuid__" varchar(36), "__filename__" bigint, hascontents boolean, deleteafterdownload boolean)'
-  awk '{print $1"\t"NR"\tt\tf"}' "$work/uuids" | psql -d "$db" -c '\copy "system$filedocument" ("__uuid__", "__filename__", hascontents, deleteafterdownload) FROM STDIN'
-  psql -d "$db" -c 'VACUUM ANALYZE'
+  bench_app_db "$db" "$work/uuids" 5
   url="postgresql:///$db?host=$work/pg&user=postgres"
   measure mx-create "$mx create -q --force --compression zstd --database '$url' --files $S --output $out/mx.tar.zst"
   measure pg_dump+tar-zstd "$bin/pg_dump -Fc -f $out/dump.backup $db && tar cf - -C $S . | zstd -3 -T2 -q > $out/tar.zst"

@@ -91,18 +91,22 @@ fn tar_stage(c: &mut Criterion) {
     g.finish();
 }
 
-/// One 1 MiB block deflated at level 6 (how mxsnap's gzip members are made) by zlib-rs
-/// (through flate2) and by libdeflate, and inflated back by each: the text-like part of the
-/// sample only, since dense segments are stored without either.
-fn deflate_block(c: &mut Criterion) {
-    let data = sample();
-    let block: Vec<u8> = data
+/// 1 MiB of the sample's text-like segments: what deflate gets (dense ones are stored).
+fn text_block() -> Vec<u8> {
+    sample()
         .chunks(64 * 1024)
         .enumerate()
         .filter(|(i, _)| i % 3 != 2)
         .flat_map(|(_, c)| c.iter().copied())
         .take(1 << 20)
-        .collect();
+        .collect()
+}
+
+/// One 1 MiB block deflated at level 6 (how mxsnap's gzip members are made) by zlib-rs
+/// (through flate2) and by libdeflate, and inflated back by each: the text-like part of the
+/// sample only, since dense segments are stored without either.
+fn deflate_block(c: &mut Criterion) {
+    let block = text_block();
     let mut g = c.benchmark_group("deflate 1 MiB");
     g.throughput(Throughput::Bytes(block.len() as u64));
     g.sample_size(20);
@@ -166,13 +170,7 @@ fn dump_like(len: usize) -> Vec<u8> {
 /// Size and speed of every level of zlib-rs and libdeflate on one 1 MiB block of each kind
 /// of data, printed as a table (a sweep, not a criterion measurement: 20 rounds each).
 fn level_sweep(_: &mut Criterion) {
-    let letters: Vec<u8> = sample()
-        .chunks(64 * 1024)
-        .enumerate()
-        .filter(|(i, _)| i % 3 != 2)
-        .flat_map(|(_, c)| c.iter().copied())
-        .take(1 << 20)
-        .collect();
+    let letters = text_block();
     let dump = dump_like(1 << 20);
     // Prose and code, repeats of every length: this crate's own sources, read until 1 MiB.
     let mut source = Vec::new();

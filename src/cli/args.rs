@@ -371,6 +371,14 @@ pub struct TargetArgs {
     /// Parallel pg_restore jobs.
     #[arg(long, short, default_value_t = 2, value_name = "N")]
     pub jobs: usize,
+    /// When the database and the files are restored: overlapped (fastest where measured), or
+    /// one half after the other.
+    #[arg(
+        long,
+        default_value = "overlap",
+        value_name = "overlap|database-first|files-first"
+    )]
+    pub order: mxsnap::restore::RestoreOrder,
     /// Keep the replaced database and files under timestamped names.
     #[arg(long)]
     pub keep_previous: bool,

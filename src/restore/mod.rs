@@ -26,6 +26,7 @@ use crate::sys;
 use crate::target::local::{LocalEnv, Settings};
 use crate::target::{self, EnvLock, EnvState, Target};
 use journal::{Journal, Phase, Swapped};
+pub use stage::RestoreOrder;
 
 /// Where a restore goes.
 #[derive(Debug, Clone)]
@@ -44,6 +45,8 @@ pub struct RestoreOptions {
     pub variant: Option<Variant>,
     pub jobs: usize,
     pub keep_previous: bool,
+    /// When the database and the files are restored, relative to each other.
+    pub order: RestoreOrder,
     /// The target's model version, for the older-model warning.
     pub model_version: Option<String>,
     pub pg_bin: Option<PathBuf>,
@@ -58,6 +61,7 @@ pub struct Plan {
     variant: Option<Variant>,
     jobs: usize,
     keep_previous: bool,
+    order: RestoreOrder,
     model_version: Option<String>,
     pg_bin: Option<PathBuf>,
     /// The local environment, when the destination is one (opened, or to be made).
@@ -221,8 +225,15 @@ impl Plan {
         if with_db {
             steps.push(format!(
                 "create staging database {} and pg_restore into it (--no-owner \
-                 --no-privileges --exit-on-error, {} job(s))",
-                env.staging_db, self.jobs
+                 --no-privileges --exit-on-error, {} job(s)){}",
+                env.staging_db,
+                self.jobs,
+                match (with_files, self.order) {
+                    (false, _) => "",
+                    (true, RestoreOrder::DatabaseFirst) => ", before the files are extracted",
+                    (true, RestoreOrder::FilesFirst) => ", after the files are extracted",
+                    (true, _) => ", while the files are extracted",
+                }
             ));
             steps.push(if env.target_db_exists {
                 format!(
@@ -308,6 +319,7 @@ pub fn plan(opts: RestoreOptions) -> Result<Plan> {
         variant: opts.variant,
         jobs: opts.jobs,
         keep_previous: opts.keep_previous,
+        order: opts.order,
         model_version: opts.model_version,
         pg_bin: opts.pg_bin,
         local,
@@ -395,6 +407,7 @@ pub fn execute(plan: Plan, progress: &dyn Progress, cancel: &Cancel) -> Result<R
         variant,
         jobs,
         keep_previous,
+        order,
         model_version,
         pg_bin,
         local,
@@ -447,6 +460,7 @@ pub fn execute(plan: Plan, progress: &dyn Progress, cancel: &Cancel) -> Result<R
         variant,
         jobs,
         keep_previous,
+        order,
     };
     let mut report = run(&env, &settings, content, model_version, progress, cancel)
         .map_err(|e| cancel.explain(e).context(format!("restoring {name}")))?;

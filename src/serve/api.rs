@@ -416,6 +416,7 @@ fn start_restore(
         variant: db_only.then_some(Variant::Database),
         jobs: 2,
         keep_previous: false,
+        order: Default::default(),
         model_version: env.model_version.clone(),
         pg_bin: svc.config.pg_bin.clone(),
         keys: crate::crypt::Keys::none(),

@@ -128,6 +128,64 @@ fn a_full_restore_reproduces_every_row_and_file() {
 }
 
 #[test]
+fn either_half_first_restores_the_same_and_a_failure_in_either_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, rows) = snapshot(dir.path(), &[]);
+    // A file flipped inside (found by the manifest, after the dump) and a dump pg_restore
+    // rejects (found by the database half), for each order.
+    let strict = dir.path().join("strict.tar.gz");
+    ok(create(
+        &Db::with_fixture("order_strict"),
+        &strict,
+        &["--strict-layout"],
+    ));
+    let mut flipped = good_members(&archive);
+    let i = flipped
+        .iter()
+        .position(|(n, d)| n.starts_with("tree/") && d.len() > 100)
+        .unwrap();
+    flipped[i].1[50] ^= 0x55;
+    let flipped_path = dir.path().join("flipped.tar.gz");
+    std::fs::write(&flipped_path, gzip(&build_tar(&flipped))).unwrap();
+    let mut rejected = good_members(&strict);
+    let half = rejected[1].1.len() / 2;
+    rejected[1].1.truncate(half);
+    let mut meta: serde_json::Value = serde_json::from_slice(&rejected[0].1).unwrap();
+    meta["dumpSize"] = serde_json::Value::String(half.to_string());
+    rejected[0].1 = serde_json::to_vec(&meta).unwrap();
+    let rejected_path = dir.path().join("rejected.tar.gz");
+    std::fs::write(&rejected_path, gzip(&build_tar(&rejected))).unwrap();
+
+    for order in ["database-first", "files-first", "overlap"] {
+        let env = Env::new(&format!("order_{}", order.replace('-', "_")));
+        let before = env.state();
+        for (bad, needle) in [
+            (&flipped_path, "SHA-256"),
+            (&rejected_path, "pg_restore failed"),
+        ] {
+            let run = env.restore(bad, &["--order", order]);
+            assert_ne!(run.code, 0, "{order}: accepted {}", bad.display());
+            assert!(run.stderr.contains(needle), "{order}: {}", run.stderr);
+            assert_eq!(env.state(), before, "{order}: the target changed");
+            env.assert_clean();
+        }
+        let plan = ok(env.restore(&archive, &["--order", order, "--dry-run"]));
+        let said = match order {
+            "database-first" => "before the files are extracted",
+            "files-first" => "after the files are extracted",
+            _ => "while the files are extracted",
+        };
+        assert!(plan.stdout.contains(said), "{order}: {}", plan.stdout);
+        ok(env.restore(&archive, &["--order", order]));
+        assert_eq!(env.db.checksums(), rows, "{order}");
+        assert_eq!(tree_hashes(&env.files), fixture_tree(&env.db), "{order}");
+        env.assert_clean();
+    }
+    let run = Env::new("order_unknown").restore(&archive, &["--order", "sideways"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+}
+
+#[test]
 fn a_restore_creates_a_missing_database_and_store() {
     let dir = tempfile::tempdir().unwrap();
     let (archive, rows) = snapshot(dir.path(), &["--compression", "zstd"]);
