@@ -2,7 +2,12 @@
 //! CPU as writing it to files; done on the thread that moves the bytes, it serialises the two.
 //! Here the mover copies each chunk into a pooled buffer (a copy costs a tenth of a hash) and
 //! goes on while the hashing thread catches up. Digests come back in member order.
+//!
+//! Small members travel together: a chunk holds the bytes of as many members as fit, with the
+//! offsets where each ends, and its digests come back as one batch. One message a member cost
+//! two thread wake-ups a file, which with a million small files was a large part of the work.
 
+use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, SyncSender, channel, sync_channel};
 use std::thread::JoinHandle;
 
@@ -12,20 +17,25 @@ use sha2::{Digest, Sha256};
 /// big ones in pieces big enough to keep messages few.
 const CHUNK: usize = 128 << 10;
 
+/// Members ended in one chunk at most, so digests of small files do not lag far behind.
+const MAX_ENDS: usize = 256;
+
 /// Chunks in flight: the mover blocks (memory stays flat) when the hasher falls this far behind.
 const IN_FLIGHT: usize = 8;
 
-enum Message {
-    Data(Vec<u8>),
-    /// The current member ends: send its digest and start the next.
-    End,
+/// Bytes of the current members, and the offsets in them where members end.
+struct Chunk {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
 }
 
 pub struct HashPipe {
-    to_hasher: Option<SyncSender<Message>>,
-    digests: Receiver<[u8; 32]>,
-    recycled: Receiver<Vec<u8>>,
-    gathering: Vec<u8>,
+    to_hasher: Option<SyncSender<Chunk>>,
+    digests: Receiver<Vec<[u8; 32]>>,
+    recycled: Receiver<Chunk>,
+    gathering: Chunk,
+    /// Digests received and not yet taken.
+    ready: VecDeque<[u8; 32]>,
     /// Members ended whose digests have not been taken yet.
     pending: usize,
     hasher: Option<JoinHandle<()>>,
@@ -39,26 +49,28 @@ impl Default for HashPipe {
 
 impl HashPipe {
     pub fn new() -> HashPipe {
-        let (to_hasher, inbox) = sync_channel::<Message>(IN_FLIGHT);
+        let (to_hasher, inbox) = sync_channel::<Chunk>(IN_FLIGHT);
         let (digest_tx, digests) = channel();
-        let (recycle, recycled) = channel::<Vec<u8>>();
+        let (recycle, recycled) = channel::<Chunk>();
         let hasher = std::thread::Builder::new()
             .name("sha256".into())
             .spawn(move || {
                 let mut hasher = Sha256::new();
-                for message in inbox {
-                    match message {
-                        Message::Data(mut chunk) => {
-                            hasher.update(&chunk);
-                            chunk.clear();
-                            let _ = recycle.send(chunk);
-                        }
-                        Message::End => {
-                            if digest_tx.send(hasher.finalize_reset().into()).is_err() {
-                                return;
-                            }
-                        }
+                for mut chunk in inbox {
+                    let mut start = 0;
+                    let mut batch = Vec::with_capacity(chunk.ends.len());
+                    for &end in &chunk.ends {
+                        hasher.update(&chunk.bytes[start..end]);
+                        batch.push(hasher.finalize_reset().into());
+                        start = end;
                     }
+                    hasher.update(&chunk.bytes[start..]);
+                    if !batch.is_empty() && digest_tx.send(batch).is_err() {
+                        return;
+                    }
+                    chunk.bytes.clear();
+                    chunk.ends.clear();
+                    let _ = recycle.send(chunk);
                 }
             })
             .expect("spawning the hashing thread");
@@ -66,7 +78,11 @@ impl HashPipe {
             to_hasher: Some(to_hasher),
             digests,
             recycled,
-            gathering: Vec::new(),
+            gathering: Chunk {
+                bytes: Vec::new(),
+                ends: Vec::new(),
+            },
+            ready: VecDeque::new(),
             pending: 0,
             hasher: Some(hasher),
         }
@@ -75,36 +91,33 @@ impl HashPipe {
     /// Adds bytes to the current member.
     pub fn update(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
-            if self.gathering.capacity() == 0 {
-                self.gathering = self
-                    .recycled
-                    .try_recv()
-                    .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+            if self.gathering.bytes.capacity() == 0 {
+                self.gathering.bytes.reserve_exact(CHUNK);
             }
-            let room = CHUNK - self.gathering.len();
+            let room = CHUNK - self.gathering.bytes.len();
             let take = room.min(data.len());
-            self.gathering.extend_from_slice(&data[..take]);
+            self.gathering.bytes.extend_from_slice(&data[..take]);
             data = &data[take..];
-            if self.gathering.len() == CHUNK {
+            if self.gathering.bytes.len() == CHUNK {
                 self.send_gathered();
             }
         }
     }
 
     fn send_gathered(&mut self) {
-        if self.gathering.is_empty() {
+        if self.gathering.bytes.is_empty() && self.gathering.ends.is_empty() {
             return;
         }
-        let chunk = std::mem::take(&mut self.gathering);
-        self.send(Message::Data(chunk));
-    }
-
-    fn send(&mut self, message: Message) {
+        let next = self.recycled.try_recv().unwrap_or_else(|_| Chunk {
+            bytes: Vec::with_capacity(CHUNK),
+            ends: Vec::with_capacity(MAX_ENDS),
+        });
+        let chunk = std::mem::replace(&mut self.gathering, next);
         let sent = self
             .to_hasher
             .as_ref()
             .expect("the pipe is open until dropped")
-            .send(message);
+            .send(chunk);
         // The hashing thread only stops when the pipe closes or it panicked (a bug): then
         // there is nothing to recover.
         sent.expect("the hashing thread stopped");
@@ -112,9 +125,11 @@ impl HashPipe {
 
     /// Ends the current member; its digest comes from [`next_digest`](Self::next_digest).
     pub fn end_member(&mut self) {
-        self.send_gathered();
-        self.send(Message::End);
+        self.gathering.ends.push(self.gathering.bytes.len());
         self.pending += 1;
+        if self.gathering.ends.len() == MAX_ENDS {
+            self.send_gathered();
+        }
     }
 
     /// Members ended whose digests have not been taken.
@@ -128,11 +143,18 @@ impl HashPipe {
         if self.pending == 0 {
             return None;
         }
-        let digest = if wait {
-            Some(self.digests.recv().expect("the hashing thread stopped"))
-        } else {
-            self.digests.try_recv().ok()
-        };
+        if self.ready.is_empty() {
+            while let Ok(batch) = self.digests.try_recv() {
+                self.ready.extend(batch);
+            }
+        }
+        if self.ready.is_empty() && wait {
+            // The member may still be in the chunk being gathered.
+            self.send_gathered();
+            let batch = self.digests.recv().expect("the hashing thread stopped");
+            self.ready.extend(batch);
+        }
+        let digest = self.ready.pop_front();
         if digest.is_some() {
             self.pending -= 1;
         }
@@ -176,5 +198,27 @@ mod tests {
         }
         assert_eq!(pipe.next_digest(true), None);
         assert_eq!(pipe.next_digest(false), None);
+    }
+
+    #[test]
+    fn many_small_members_batch_and_a_wait_never_hangs() {
+        let mut pipe = HashPipe::new();
+        let mut expected = VecDeque::new();
+        let mut got = Vec::new();
+        for i in 0..(3 * MAX_ENDS + 7) {
+            let m: Vec<u8> = (0..(i % 50)).map(|b| (b * i) as u8).collect();
+            pipe.update(&m);
+            pipe.end_member();
+            expected.push_back(<[u8; 32]>::from(Sha256::digest(&m)));
+            // Taken as the writer does: whatever is ready, now and then all of it.
+            while let Some(d) = pipe.next_digest(i % 100 == 99) {
+                got.push(d);
+            }
+        }
+        while let Some(d) = pipe.next_digest(true) {
+            got.push(d);
+        }
+        assert_eq!(got, Vec::from(expected));
+        assert_eq!(pipe.pending(), 0);
     }
 }

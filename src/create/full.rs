@@ -347,7 +347,8 @@ pub(super) fn sha256_of_file(path: &Path, cancel: &Cancel) -> Result<String> {
 /// a catalogue records and checks) are taken here, below the encryption.
 pub(super) enum OutputSink {
     Plain(Box<dyn Write + Send>),
-    Sealed(age::stream::StreamWriter<Tally<Box<dyn Write + Send>>>),
+    // Boxed: the age writer holds a whole chunk buffer, the plain side one pointer.
+    Sealed(Box<age::stream::StreamWriter<Tally<Box<dyn Write + Send>>>>),
 }
 
 impl OutputSink {
@@ -357,7 +358,7 @@ impl OutputSink {
     ) -> Result<Self> {
         Ok(match encrypt {
             None => OutputSink::Plain(out),
-            Some(to) => OutputSink::Sealed(to.seal(Tally::new(out)).map_err(writing)?),
+            Some(to) => OutputSink::Sealed(Box::new(to.seal(Tally::new(out)).map_err(writing)?)),
         })
     }
 
