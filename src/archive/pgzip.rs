@@ -37,9 +37,9 @@ const TRAILER_LEN: usize = 8;
 /// longer one is damage, not something to allocate for.
 const MAX_MEMBER_LEN: usize = BLOCK + BLOCK / 4;
 
-/// A block to compress, and the buffer to compress it into.
+/// A job for a worker: its sequence number, its input, and the buffer for its output.
 type Job = (u64, Vec<u8>, Vec<u8>);
-/// The compressed block, and the input buffer back for reuse.
+/// The output (or the error), and the input buffer back for reuse.
 type Done = (u64, io::Result<Vec<u8>>, Vec<u8>);
 
 pub struct ParallelGzEncoder<W: Write> {
@@ -61,6 +61,50 @@ pub struct ParallelGzEncoder<W: Write> {
     done: Receiver<Done>,
     workers: Vec<JoinHandle<()>>,
     block_size: usize,
+}
+
+/// A worker's step: input, the worker's own state, the buffer to fill; the output.
+type Work<S> = fn(&[u8], &mut S, Vec<u8>) -> io::Result<Vec<u8>>;
+
+/// Starts `workers` threads that each keep a `state` (a compressor, a decompressor) and turn
+/// every job's input into its output with `work`, handing the input back for reuse.
+fn spawn_workers<S: 'static>(
+    workers: usize,
+    state: impl Fn() -> S + Send + Clone + 'static,
+    work: Work<S>,
+) -> (SyncSender<Job>, Receiver<Done>, Vec<JoinHandle<()>>) {
+    let (job_tx, job_rx) = sync_channel::<Job>(workers);
+    let job_rx = Arc::new(Mutex::new(job_rx));
+    let (done_tx, done_rx): (Sender<Done>, Receiver<Done>) = channel();
+    let handles = (0..workers)
+        .map(|_| {
+            let rx = Arc::clone(&job_rx);
+            let tx = done_tx.clone();
+            let state = state.clone();
+            std::thread::spawn(move || {
+                let mut state = state();
+                loop {
+                    let job = rx.lock().expect("job queue").recv();
+                    let Ok((seq, input, out)) = job else { break };
+                    if tx
+                        .send((seq, work(&input, &mut state, out), input))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    (job_tx, done_rx, handles)
+}
+
+/// Closes the job queue and waits for the workers to end.
+fn stop_workers(jobs: &mut Option<SyncSender<Job>>, workers: &mut Vec<JoinHandle<()>>) {
+    *jobs = None;
+    for w in workers.drain(..) {
+        let _ = w.join();
+    }
 }
 
 /// Bytes classified at a time: one stored block's worth (a stored block holds at most 65,535).
@@ -183,32 +227,11 @@ impl<W: Write> ParallelGzEncoder<W> {
         // A reader refuses members longer than that.
         assert!(block_size <= BLOCK, "gzip blocks are at most {BLOCK} bytes");
         let workers = workers.max(1);
-        let (job_tx, job_rx) = sync_channel::<Job>(workers);
-        let job_rx = Arc::new(Mutex::new(job_rx));
-        let (done_tx, done_rx): (Sender<Done>, Receiver<Done>) = channel();
-        let handles = (0..workers)
-            .map(|_| {
-                let rx = Arc::clone(&job_rx);
-                let tx = done_tx.clone();
-                std::thread::spawn(move || {
-                    // One compressor a worker: its tables (a few hundred KiB) are not
-                    // reallocated a thousand times a GiB.
-                    let mut deflater = Compressor::new(
-                        CompressionLvl::new(level.min(9) as i32).expect("levels 0 to 9 exist"),
-                    );
-                    loop {
-                        let job = rx.lock().expect("job queue").recv();
-                        let Ok((seq, block, out)) = job else { break };
-                        if tx
-                            .send((seq, compress(&block, &mut deflater, out), block))
-                            .is_err()
-                        {
-                            break;
-                        }
-                    }
-                })
-            })
-            .collect();
+        // One compressor a worker: its tables (a few hundred KiB) are not reallocated a
+        // thousand times a GiB.
+        let level = CompressionLvl::new(level.min(9) as i32).expect("levels 0 to 9 exist");
+        let (job_tx, done_rx, handles) =
+            spawn_workers(workers, move || Compressor::new(level), compress);
         ParallelGzEncoder {
             inner: Some(inner),
             block: Vec::with_capacity(block_size),
@@ -286,10 +309,7 @@ impl<W: Write> ParallelGzEncoder<W> {
         while self.in_flight > 0 {
             self.receive_one()?;
         }
-        self.jobs = None;
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
+        stop_workers(&mut self.jobs, &mut self.workers);
         Ok(self.inner.take().expect("finished once"))
     }
 }
@@ -316,10 +336,7 @@ impl<W: Write> Write for ParallelGzEncoder<W> {
 impl<W: Write> Drop for ParallelGzEncoder<W> {
     fn drop(&mut self) {
         // Unfinished (an error path): stop the workers; the output is abandoned anyway.
-        self.jobs = None;
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
+        stop_workers(&mut self.jobs, &mut self.workers);
     }
 }
 
@@ -359,26 +376,7 @@ enum Stop {
 impl<R: BufRead> ParallelGzDecoder<R> {
     pub fn new(inner: R, workers: usize) -> ParallelGzDecoder<R> {
         let workers = workers.max(1);
-        let (job_tx, job_rx) = sync_channel::<Job>(workers);
-        let job_rx = Arc::new(Mutex::new(job_rx));
-        let (done_tx, done_rx): (Sender<Done>, Receiver<Done>) = channel();
-        let handles = (0..workers)
-            .map(|_| {
-                let rx = Arc::clone(&job_rx);
-                let tx = done_tx.clone();
-                std::thread::spawn(move || {
-                    let mut inflater = Decompressor::new();
-                    loop {
-                        let job = rx.lock().expect("job queue").recv();
-                        let Ok((seq, member, out)) = job else { break };
-                        let result = inflate(&member, &mut inflater, out);
-                        if tx.send((seq, result, member)).is_err() {
-                            break;
-                        }
-                    }
-                })
-            })
-            .collect();
+        let (job_tx, done_rx, handles) = spawn_workers(workers, Decompressor::new, inflate);
         ParallelGzDecoder {
             inner: Some(inner),
             streaming: None,
@@ -494,10 +492,7 @@ impl<R: BufRead> Read for ParallelGzDecoder<R> {
 
 impl<R: BufRead> Drop for ParallelGzDecoder<R> {
     fn drop(&mut self) {
-        self.jobs = None;
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
+        stop_workers(&mut self.jobs, &mut self.workers);
     }
 }
 
