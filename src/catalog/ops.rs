@@ -27,6 +27,8 @@ pub struct SnapshotRequest {
     pub files: PathBuf,
     pub comment: Option<String>,
     pub nightly: bool,
+    /// Who asks for it (the service's signed-in user); the system user when `None`.
+    pub created_by: Option<String>,
     pub model_version: Option<String>,
     pub pg_bin: Option<PathBuf>,
     /// The time zone of the retention schedule, for the new snapshot's expiry.
@@ -103,7 +105,7 @@ fn new_record(req: &SnapshotRequest, id: &str, state: State, message: &str) -> R
         created_by: if req.nightly {
             "Nightly".into()
         } else {
-            current_user()
+            req.created_by.clone().unwrap_or_else(current_user)
         },
         kind: kind_of(req),
         state,

@@ -47,6 +47,11 @@ pub struct RestoreOptions {
     pub keep_previous: bool,
     /// When the database and the files are restored, relative to each other.
     pub order: RestoreOrder,
+    /// Clear the half of the environment the archive does not hold (an empty database or an
+    /// empty file store is swapped in with the rest), as the cloud's Upload data clears the
+    /// environment: a database-only upload leaves no files, a files-only one an empty
+    /// database. Staged and swapped like the rest, so a failure still changes nothing.
+    pub clear_rest: bool,
     /// The target's model version, for the older-model warning.
     pub model_version: Option<String>,
     pub pg_bin: Option<PathBuf>,
@@ -62,6 +67,7 @@ pub struct Plan {
     jobs: usize,
     keep_previous: bool,
     order: RestoreOrder,
+    clear_rest: bool,
     model_version: Option<String>,
     pg_bin: Option<PathBuf>,
     /// The local environment, when the destination is one (opened, or to be made).
@@ -263,9 +269,13 @@ impl Plan {
         } else if env.target_db_exists || env.target_files_exist {
             steps.push("drop the previous database and remove the previous files".to_string());
         }
-        steps.push(
-            "the part of the environment the archive does not hold stays untouched".to_string(),
-        );
+        steps.push(if self.clear_rest {
+            "the part of the environment the archive does not hold is cleared: an empty \
+             database or an empty file store is swapped in"
+                .to_string()
+        } else {
+            "the part of the environment the archive does not hold stays untouched".to_string()
+        });
         steps
     }
 }
@@ -319,6 +329,7 @@ pub fn plan(opts: RestoreOptions) -> Result<Plan> {
         variant: opts.variant,
         jobs: opts.jobs,
         keep_previous: opts.keep_previous,
+        clear_rest: opts.clear_rest,
         order: opts.order,
         model_version: opts.model_version,
         pg_bin: opts.pg_bin,
@@ -408,6 +419,7 @@ pub fn execute(plan: Plan, progress: &dyn Progress, cancel: &Cancel) -> Result<R
         jobs,
         keep_previous,
         order,
+        clear_rest,
         model_version,
         pg_bin,
         local,
@@ -461,6 +473,7 @@ pub fn execute(plan: Plan, progress: &dyn Progress, cancel: &Cancel) -> Result<R
         jobs,
         keep_previous,
         order,
+        clear_rest,
     };
     let mut report = run(&env, &settings, content, model_version, progress, cancel)
         .map_err(|e| cancel.explain(e).context(format!("restoring {name}")))?;

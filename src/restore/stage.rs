@@ -28,6 +28,7 @@ pub(super) struct Settings {
     pub jobs: usize,
     pub keep_previous: bool,
     pub order: RestoreOrder,
+    pub clear_rest: bool,
 }
 
 /// When the database and the files are restored, relative to each other. Overlapped, each
@@ -277,6 +278,10 @@ pub(super) fn stage(
             return Err(actual.wrong_variant(wanted));
         }
     }
+    // With clear_rest the half the archive lacks is replaced too: by the empty staging
+    // directory, or by an empty staging database made below.
+    let clear_db = settings.clear_rest && want.is_none() && !actual.has_database();
+    let clear_files = settings.clear_rest && want.is_none() && !actual.has_files();
     let restore_db = actual.has_database() && want != Some(Variant::Files);
     let restore_files = actual.has_files() && want != Some(Variant::Database);
     if restore_files && staging.extracted_files != report.tree_files {
@@ -293,7 +298,12 @@ pub(super) fn stage(
         return Err(Error::corrupt("the archive holds no database dump"));
     }
     let restored = restored?;
-    if restore_db != restored {
+    if clear_db {
+        create_empty_staging_db(plan)?;
+    }
+    let restore_db = restore_db || clear_db;
+    let restore_files = restore_files || clear_files;
+    if restore_db != (restored || clear_db) {
         return Err(Error::environment(
             "the database half of the restore did not run as the archive required",
         ));
@@ -306,7 +316,7 @@ pub(super) fn stage(
                 "the staging database vanished during the restore",
             ));
         }
-        if actual == Variant::Database || !restore_files {
+        if (actual == Variant::Database || !restore_files) && !clear_db {
             if let Some(w) = missing_files_warning(plan)? {
                 progress.warning(&w);
                 warnings.push(w);
@@ -357,6 +367,23 @@ fn missing_files_warning(plan: &EnvPlan) -> Result<Option<String>> {
             sel.missing_examples.join(", ")
         )
     }))
+}
+
+/// The staging database, empty: what a files-only upload leaves of the database.
+fn create_empty_staging_db(plan: &EnvPlan) -> Result<()> {
+    let target = &plan.target;
+    let admin = target::admin_session(&target.database)?;
+    let db = target.database.dbname();
+    let like = if plan.target_db_exists {
+        admin.database_locale(db)?
+    } else {
+        None
+    };
+    let note = format!(
+        "mxsnap staging copy (empty) for database {db}; the next mxsnap run on that \
+         environment removes it"
+    );
+    admin.create_database(&plan.staging_db, like.as_ref(), &note)
 }
 
 /// Creates the staging database (like the target: encoding and locale) and pg_restores the

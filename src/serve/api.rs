@@ -104,13 +104,19 @@ fn authenticate<'a>(
         .get("Mendix-ApiKey")
         .and_then(|v| v.to_str().ok())
         .ok_or_else(unauthorized)?;
-    // Hashed whether or not the user exists, so the time taken does not tell.
+    check_key(svc, name, key).ok_or_else(unauthorized)
+}
+
+/// The user named, when `key` is theirs. The key is hashed whether or not the user exists,
+/// so the time taken does not tell.
+pub(super) fn check_key<'a>(
+    svc: &'a Service,
+    name: &str,
+    key: &str,
+) -> Option<&'a super::config::User> {
     let given = sha2::Sha256::digest(key.trim().as_bytes());
     let user = svc.config.users.iter().find(|u| u.name == name);
-    match user {
-        Some(u) if constant_time_eq(&u.key_sha256, &given) => Ok(u),
-        _ => Err(unauthorized()),
-    }
+    user.filter(|u| constant_time_eq(&u.key_sha256, &given))
 }
 
 fn invalid_environment(mode: &str) -> ApiError {
@@ -140,7 +146,7 @@ fn no_access() -> ApiError {
     )
 }
 
-fn busy(env: &Environment) -> ApiError {
+pub(super) fn busy(env: &Environment) -> ApiError {
     ApiError::new(
         StatusCode::BAD_REQUEST,
         "ENVIRONMENT_BUSY",
@@ -151,7 +157,7 @@ fn busy(env: &Environment) -> ApiError {
     )
 }
 
-fn stopping() -> ApiError {
+pub(super) fn stopping() -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "SERVICE_UNAVAILABLE",
@@ -214,7 +220,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// The environment's snapshots, newest first (none when the catalogue is still empty).
-fn list_records(svc: &Service, env: &Environment) -> Result<Vec<Record>, ApiError> {
+pub(super) fn list_records(svc: &Service, env: &Environment) -> Result<Vec<Record>, ApiError> {
     if !Repo::exists(&svc.config.repo) {
         return Ok(Vec::new());
     }
@@ -237,7 +243,7 @@ fn list_records(svc: &Service, env: &Environment) -> Result<Vec<Record>, ApiErro
 }
 
 /// One snapshot of `env` (or, with `same_app`, of any environment of its app) by its full id.
-fn find_record(
+pub(super) fn find_record(
     svc: &Service,
     env: &Environment,
     id: &str,
@@ -262,11 +268,12 @@ fn find_record(
 
 /// Starts a snapshot of `env`: planned (and recorded as Queued) before the answer, made on a
 /// job thread.
-fn start_snapshot(
+pub(super) fn start_snapshot(
     svc: &Arc<Service>,
     env: &Environment,
     comment: Option<String>,
     nightly: bool,
+    created_by: Option<String>,
 ) -> Result<(Record, Job), ApiError> {
     if svc.cancel.is_cancelled() {
         return Err(stopping());
@@ -282,6 +289,7 @@ fn start_snapshot(
         files: env.files.clone(),
         comment,
         nightly,
+        created_by,
         model_version: env.model_version.clone(),
         pg_bin: svc.config.pg_bin.clone(),
         tz: svc.config.timezone,
@@ -309,7 +317,7 @@ fn start_snapshot(
 
 /// The schedule's nightly snapshot of `env`, as a job.
 pub fn start_nightly(svc: &Arc<Service>, env: &Environment) -> Result<Job, ApiError> {
-    start_snapshot(svc, env, None, true).map(|(_, job)| job)
+    start_snapshot(svc, env, None, true, None).map(|(_, job)| job)
 }
 
 // ---- v1 -------------------------------------------------------------------------------------
@@ -338,6 +346,7 @@ pub async fn v1_create(
     body: axum::body::Bytes,
 ) -> ApiResult {
     let env = v1_env(&svc, &headers, &app, &mode)?;
+    let user = authenticate(&svc, &headers)?.name.clone();
     let body: V1CreateBody = if body.iter().all(u8::is_ascii_whitespace) {
         V1CreateBody::default()
     } else {
@@ -345,7 +354,7 @@ pub async fn v1_create(
             invalid_parameters(format!("The body is not {{\"Comment\": \"...\"}}: {e}"))
         })?
     };
-    let (rec, _job) = blocking(move || start_snapshot(&svc, &env, body.comment, false)).await?;
+    let (rec, _job) = blocking(move || start_snapshot(&svc, &env, body.comment, false, Some(user))).await?;
     Ok(Json(rec.api_v1()).into_response())
 }
 
@@ -380,8 +389,57 @@ pub async fn v1_links(
     .into_response())
 }
 
+/// The target of `env`, as the library's restore takes it.
+pub(super) fn target_of(env: &Environment) -> Result<crate::target::Target, ApiError> {
+    Ok(crate::target::Target {
+        database: crate::pg::ConnSpec::resolve(Some(&env.database)).map_err(ApiError::from_lib)?,
+        files: env.files.clone(),
+        pid_file: env.pid_file.clone(),
+    })
+}
+
+/// The cloud's refusal of a restore into a running environment.
+pub(super) fn please_stop(env: &Environment, e: &Error) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "ERROR_NOT_ALLOWED",
+        format!(
+            "Please stop {} ({}) before restoring a backup: {}",
+            env.app,
+            env.mode,
+            e.message()
+        ),
+    )
+}
+
+/// Plans a restore of `source` into `env`: refused here while the environment runs.
+pub(super) fn plan_restore(
+    svc: &Service,
+    env: &Environment,
+    source: crate::source::Source,
+    variant: Option<Variant>,
+    clear_rest: bool,
+) -> Result<crate::restore::Plan, ApiError> {
+    crate::restore::plan(crate::restore::RestoreOptions {
+        source,
+        destination: crate::restore::Destination::Env(Box::new(target_of(env)?)),
+        variant,
+        jobs: 2,
+        keep_previous: false,
+        order: Default::default(),
+        clear_rest,
+        model_version: env.model_version.clone(),
+        pg_bin: svc.config.pg_bin.clone(),
+        keys: crate::crypt::Keys::none(),
+    })
+    .map_err(|e| match e.kind() {
+        ErrorKind::NotAllowed => please_stop(env, &e),
+        _ => ApiError::from_lib(e),
+    })
+}
+
 /// Plans a restore of `rec` into `env` (refused here while it runs) and starts it as a job.
-fn start_restore(
+pub(super) fn start_restore(
     svc: &Arc<Service>,
     env: &Environment,
     rec: &Record,
@@ -405,35 +463,13 @@ fn start_restore(
     let archive = repo
         .completed_archive(rec, "there is nothing to restore")
         .map_err(ApiError::from_lib)?;
-    let target = crate::target::Target {
-        database: crate::pg::ConnSpec::resolve(Some(&env.database)).map_err(ApiError::from_lib)?,
-        files: env.files.clone(),
-        pid_file: env.pid_file.clone(),
-    };
-    let plan = crate::restore::plan(crate::restore::RestoreOptions {
-        source: crate::source::Source::File(archive),
-        destination: crate::restore::Destination::Env(Box::new(target)),
-        variant: db_only.then_some(Variant::Database),
-        jobs: 2,
-        keep_previous: false,
-        order: Default::default(),
-        model_version: env.model_version.clone(),
-        pg_bin: svc.config.pg_bin.clone(),
-        keys: crate::crypt::Keys::none(),
-    })
-    .map_err(|e| match e.kind() {
-        ErrorKind::NotAllowed => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "ERROR_NOT_ALLOWED",
-            format!(
-                "Please stop {} ({}) before restoring a backup: {}",
-                env.app,
-                env.mode,
-                e.message()
-            ),
-        ),
-        _ => ApiError::from_lib(e),
-    })?;
+    let plan = plan_restore(
+        svc,
+        env,
+        crate::source::Source::File(archive),
+        db_only.then_some(Variant::Database),
+        false,
+    )?;
     let mut job = Job::new(JobKind::Restore, &env.catalog_name());
     job.snapshot_id = Some(rec.id.clone());
     job.source_environment = Some(rec.environment.clone());
@@ -455,7 +491,7 @@ fn start_restore(
         .map_err(ApiError::from_lib)
 }
 
-fn restore_not_found(id: &str) -> ApiError {
+pub(super) fn restore_not_found(id: &str) -> ApiError {
     ApiError::new(
         StatusCode::BAD_REQUEST,
         "NOT_FOUND",
@@ -609,13 +645,14 @@ pub async fn v2_create(
     body: axum::body::Bytes,
 ) -> ApiResult {
     let env = v2_env(&svc, &headers, &project, &env)?;
+    let user = authenticate(&svc, &headers)?.name.clone();
     let comment = comment_body(&body, false)?;
     let svc2 = svc.clone();
-    let (rec, _job) = blocking(move || start_snapshot(&svc2, &env, comment, false)).await?;
+    let (rec, _job) = blocking(move || start_snapshot(&svc2, &env, comment, false, Some(user))).await?;
     Ok((StatusCode::CREATED, Json(v2_snapshot(&svc, &rec))).into_response())
 }
 
-fn snapshot_not_found() -> ApiError {
+pub(super) fn snapshot_not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "Snapshot not found.")
 }
 
@@ -676,7 +713,7 @@ pub async fn v2_delete(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-fn data_type_variant(data_type: &str) -> Option<Variant> {
+pub(super) fn data_type_variant(data_type: &str) -> Option<Variant> {
     match data_type {
         "files_and_database" => Some(Variant::Full),
         "database_only" => Some(Variant::Database),
@@ -708,6 +745,36 @@ fn v2_archive(svc: &Service, job: &Job) -> Value {
         "finished_at": iso(job.finished_at),
         "url": url,
     })
+}
+
+/// Prepares `variant` of `rec` for download as a job; its link is good for [`LINK_HOURS`].
+pub(super) fn start_archive(
+    svc: &Arc<Service>,
+    env: &Environment,
+    rec: Record,
+    variant: Variant,
+    data_type: String,
+) -> Result<Job, ApiError> {
+    if svc.cancel.is_cancelled() {
+        return Err(stopping());
+    }
+    let ticket = svc
+        .jobs
+        .claim(&env.catalog_name())
+        .ok_or_else(|| busy(env))?;
+    let mut job = Job::new(JobKind::Archive, &env.catalog_name());
+    job.snapshot_id = Some(rec.id.clone());
+    job.data_type = Some(data_type);
+    let svc2 = svc.clone();
+    svc.jobs
+        .start(ticket, job, move |_tracker, _cancel| {
+            super::download::prepare(&svc2, &rec, variant)?;
+            Ok(Done {
+                message: Some("the archive is ready".into()),
+                url_expires_at: Some(Utc::now() + Duration::hours(LINK_HOURS)),
+            })
+        })
+        .map_err(ApiError::from_lib)
 }
 
 #[derive(Deserialize)]
@@ -745,23 +812,7 @@ pub async fn v2_archive_create(
         if svc2.cancel.is_cancelled() {
             return Err(stopping());
         }
-        let ticket = svc2
-            .jobs
-            .claim(&env.catalog_name())
-            .ok_or_else(|| busy(&env))?;
-        let mut job = Job::new(JobKind::Archive, &env.catalog_name());
-        job.snapshot_id = Some(rec.id.clone());
-        job.data_type = Some(data_type);
-        let svc3 = svc2.clone();
-        svc2.jobs
-            .start(ticket, job, move |_tracker, _cancel| {
-                super::download::prepare(&svc3, &rec, variant)?;
-                Ok(Done {
-                    message: Some("the archive is ready".into()),
-                    url_expires_at: Some(Utc::now() + Duration::hours(LINK_HOURS)),
-                })
-            })
-            .map_err(ApiError::from_lib)
+        start_archive(&svc2, &env, rec, variant, data_type)
     })
     .await?;
     Ok((StatusCode::CREATED, Json(v2_archive(&svc, &job))).into_response())

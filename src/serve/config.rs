@@ -26,6 +26,8 @@ struct ConfigFile {
     /// another name than the listen address.
     public_url: Option<String>,
     pg_bin: Option<PathBuf>,
+    /// The largest upload the Backups page takes, in bytes (default 50 GiB).
+    max_upload_bytes: Option<u64>,
     schedule: Option<ScheduleFile>,
     #[serde(default)]
     apps: Vec<AppFile>,
@@ -129,6 +131,7 @@ pub struct Config {
     pub timezone: Tz,
     pub public_url: Option<String>,
     pub pg_bin: Option<PathBuf>,
+    pub max_upload_bytes: Option<u64>,
     pub schedule: Option<Schedule>,
     pub environments: Vec<Environment>,
     pub users: Vec<User>,
@@ -336,6 +339,7 @@ impl Config {
             timezone,
             public_url: file.public_url.map(|u| u.trim_end_matches('/').to_string()),
             pg_bin: file.pg_bin,
+            max_upload_bytes: file.max_upload_bytes,
             schedule,
             environments,
             users,

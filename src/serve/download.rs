@@ -67,7 +67,7 @@ fn variant_word(v: Variant) -> &'static str {
     }
 }
 
-fn signature(secret: &[u8; 32], payload: &str) -> String {
+pub(crate) fn signature(secret: &[u8; 32], payload: &str) -> String {
     let mut mac = <HmacSha256 as KeyInit>::new_from_slice(secret).expect("any key length");
     mac.update(payload.as_bytes());
     crate::archive::writer::hex(&mac.finalize().into_bytes())

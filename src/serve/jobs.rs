@@ -21,6 +21,8 @@ pub enum JobKind {
     Snapshot,
     Archive,
     Restore,
+    /// Data uploaded on the Backups page, verified and restored with the rest cleared.
+    Upload,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -273,6 +275,11 @@ impl Jobs {
         Some(job)
     }
 
+    /// A running job's progress (stage, bytes of total); `None` once it has ended.
+    pub fn progress(&self, id: &str) -> Option<crate::progress::Status> {
+        self.0.lock().trackers.get(id).map(|t| t.status())
+    }
+
     /// The job making snapshot `id`, while it runs.
     pub fn running_for_snapshot(&self, id: &str) -> Option<Job> {
         let job = self.0.lock().making.get(id).cloned()?;
@@ -288,6 +295,16 @@ impl Jobs {
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+    }
+
+    /// The job holding `environment`, while one runs.
+    pub fn holder(&self, environment: &str) -> Option<String> {
+        self.0
+            .lock()
+            .busy
+            .get(environment)
+            .filter(|id| !id.is_empty())
+            .cloned()
     }
 
     /// Whether any job holds `environment`.

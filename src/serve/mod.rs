@@ -12,6 +12,7 @@ pub mod config;
 pub mod download;
 pub mod jobs;
 pub mod schedule;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -41,6 +42,8 @@ pub struct Service {
     /// Set when the service stops: no new work, running jobs cancelled.
     pub cancel: Cancel,
     pub log: Log,
+    /// Browsers signed in to the Backups page.
+    pub sessions: web::session::Sessions,
     prepare_lock: Mutex<()>,
 }
 
@@ -85,6 +88,7 @@ fn router(svc: Arc<Service>) -> Router {
             "/api/openapi.json",
             get(|| async { ([("content-type", "application/json")], OPENAPI) }),
         )
+        .merge(web::routes())
         .fallback(fallback)
         .with_state(svc)
 }
@@ -147,6 +151,7 @@ pub fn run(config: Config, cancel: Cancel, log: Log, ready: impl FnOnce(SocketAd
         base_url,
         cancel: cancel.clone(),
         log: log.clone(),
+        sessions: Default::default(),
         prepare_lock: Mutex::new(()),
     });
     download::sweep(&svc.config.repo);

@@ -28,6 +28,7 @@ fn restore_options(env: &Env, archive: &Path) -> RestoreOptions {
         variant: None,
         jobs: 2,
         keep_previous: false,
+        clear_rest: false,
         order: Default::default(),
         model_version: None,
         pg_bin: Some(crate::harness::pg_bin()),

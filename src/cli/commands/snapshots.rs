@@ -35,6 +35,7 @@ pub fn run(action: &A, quiet: bool) -> anyhow::Result<()> {
                 files: files.clone(),
                 comment: comment.clone(),
                 nightly: *nightly,
+                created_by: None,
                 model_version: model_version.clone(),
                 pg_bin: pg_bin.clone(),
                 tz,
