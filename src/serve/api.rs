@@ -354,7 +354,8 @@ pub async fn v1_create(
             invalid_parameters(format!("The body is not {{\"Comment\": \"...\"}}: {e}"))
         })?
     };
-    let (rec, _job) = blocking(move || start_snapshot(&svc, &env, body.comment, false, Some(user))).await?;
+    let (rec, _job) =
+        blocking(move || start_snapshot(&svc, &env, body.comment, false, Some(user))).await?;
     Ok(Json(rec.api_v1()).into_response())
 }
 
@@ -648,7 +649,8 @@ pub async fn v2_create(
     let user = authenticate(&svc, &headers)?.name.clone();
     let comment = comment_body(&body, false)?;
     let svc2 = svc.clone();
-    let (rec, _job) = blocking(move || start_snapshot(&svc2, &env, comment, false, Some(user))).await?;
+    let (rec, _job) =
+        blocking(move || start_snapshot(&svc2, &env, comment, false, Some(user))).await?;
     Ok((StatusCode::CREATED, Json(v2_snapshot(&svc, &rec))).into_response())
 }
 

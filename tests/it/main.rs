@@ -17,4 +17,6 @@ mod restore;
 mod serve;
 mod tls;
 mod verify;
+mod web;
+mod webdriver;
 mod zip;

@@ -7,6 +7,20 @@ document.querySelectorAll("form[data-autosubmit] select").forEach((select) => {
   select.addEventListener("change", () => select.form.submit());
 });
 
+// An upload larger than the service takes is stopped before it is sent.
+document.querySelectorAll("input[type=file][data-max-bytes]").forEach((input) => {
+  input.form.addEventListener("submit", (event) => {
+    const max = Number(input.getAttribute("data-max-bytes"));
+    const file = input.files[0];
+    const problem = document.getElementById("file-problem");
+    if (file && file.size > max) {
+      event.preventDefault();
+      problem.textContent = `The file is ${file.size} bytes; this service takes at most ${max}. Nothing was sent.`;
+      problem.hidden = false;
+    }
+  });
+});
+
 const box = document.querySelector("[data-job-status]");
 if (box) {
   const bar = document.getElementById("job-bar");

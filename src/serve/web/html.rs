@@ -129,7 +129,10 @@ pub fn secure_headers(h: &mut axum::http::HeaderMap) {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
 }
 
 /// A message page: what went wrong (or right) and where to go next.
@@ -140,8 +143,16 @@ pub fn message(
     text: &str,
     back: &str,
 ) -> Response {
-    let role = if status.is_success() { "status" } else { "alert" };
-    let class = if status.is_success() { "notice" } else { "error" };
+    let role = if status.is_success() {
+        "status"
+    } else {
+        "alert"
+    };
+    let class = if status.is_success() {
+        "notice"
+    } else {
+        "error"
+    };
     page(
         status,
         title,

@@ -29,6 +29,8 @@ use session::Signed;
 const PAGE: usize = 20;
 /// Uploads larger than this are refused unless `max_upload_bytes` says otherwise.
 pub const DEFAULT_MAX_UPLOAD: u64 = 50 << 30;
+/// How much of an upload past the limit is still read (and dropped) before answering.
+const DRAIN_AFTER_LIMIT: u64 = 1 << 30;
 
 pub fn routes() -> Router<Arc<Service>> {
     let env = "/ui/environments/{app}/{mode}";
@@ -97,9 +99,23 @@ impl Visitor {
 }
 
 /// What a handler gives instead of its page: a redirect to sign in, or a message.
-type Page = std::result::Result<Response, Response>;
+pub struct Stop(Box<Response>);
 
-fn visitor(svc: &Service, headers: &HeaderMap) -> Result<Visitor, Response> {
+impl From<Response> for Stop {
+    fn from(r: Response) -> Stop {
+        Stop(Box::new(r))
+    }
+}
+
+impl IntoResponse for Stop {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
+type Page = std::result::Result<Response, Stop>;
+
+fn visitor(svc: &Service, headers: &HeaderMap) -> Result<Visitor, Stop> {
     let signed = svc
         .sessions
         .get(headers)
@@ -116,17 +132,17 @@ fn visitor(svc: &Service, headers: &HeaderMap) -> Result<Visitor, Response> {
 }
 
 /// The visitor of a POST, whose form carried the session's CSRF token.
-fn poster(svc: &Service, headers: &HeaderMap, csrf: &str) -> Result<Visitor, Response> {
+fn poster(svc: &Service, headers: &HeaderMap, csrf: &str) -> Result<Visitor, Stop> {
     let v = visitor(svc, headers)?;
     if !v.signed.csrf_ok(csrf) {
-        return Err(html::message(
+        return Err(Stop::from(html::message(
             StatusCode::FORBIDDEN,
             "Form expired",
             Some(v.header()),
             "This form is not from your current session (it may be from before you signed in \
              again). Nothing was changed; open the page again and retry.",
             "/ui/",
-        ));
+        )));
     }
     Ok(v)
 }
@@ -142,12 +158,12 @@ fn not_found(v: &Visitor, what: &str) -> Response {
 }
 
 /// The environment of the path, when the visitor may use it.
-fn environment(svc: &Service, v: &Visitor, app: &str, mode: &str) -> Result<Environment, Response> {
+fn environment(svc: &Service, v: &Visitor, app: &str, mode: &str) -> Result<Environment, Stop> {
     svc.config
         .v1_environment(app, mode)
         .filter(|e| v.user.may(e))
         .cloned()
-        .ok_or_else(|| not_found(v, &format!("Environment {app}/{mode}")))
+        .ok_or_else(|| not_found(v, &format!("Environment {app}/{mode}")).into())
 }
 
 fn env_path(env: &Environment) -> String {
@@ -317,11 +333,7 @@ struct GoQuery {
 }
 
 /// The environment selector's target: `app/Mode` to that environment's page.
-async fn go(
-    State(svc): State<Arc<Service>>,
-    headers: HeaderMap,
-    Query(q): Query<GoQuery>,
-) -> Page {
+async fn go(State(svc): State<Arc<Service>>, headers: HeaderMap, Query(q): Query<GoQuery>) -> Page {
     let v = visitor(&svc, &headers)?;
     let chosen = q.environment.unwrap_or_default();
     let (app, mode) = chosen.split_once('/').unwrap_or((&chosen, ""));
@@ -375,7 +387,11 @@ fn state_badge(s: SnapState) -> String {
 
 /// A note with a link when a job holds the environment.
 fn busy_note(svc: &Service, env: &Environment) -> String {
-    match svc.jobs.holder(&env.catalog_name()).and_then(|id| svc.jobs.get(&id)) {
+    match svc
+        .jobs
+        .holder(&env.catalog_name())
+        .and_then(|id| svc.jobs.get(&id))
+    {
         Some(job) => format!(
             r#"<p class="notice" role="status">{} is running on this environment. <a href="/ui/jobs/{}">Follow it</a></p>"#,
             esc(kind_title(job.kind)),
@@ -402,7 +418,7 @@ async fn list(
     let env2 = env.clone();
     let records = match blocking(move || api::list_records(&svc2, &env2)).await {
         Ok(r) => r,
-        Err(e) => return Err(refused(&v, "Backups", e, "/ui/")),
+        Err(e) => return Err(Stop::from(refused(&v, "Backups", e, "/ui/"))),
     };
     let pages = records.len().div_ceil(PAGE).max(1);
     let page = q.page.unwrap_or(1).clamp(1, pages);
@@ -509,11 +525,14 @@ async fn create(
 ) -> Page {
     let v = poster(&svc, &headers, &form.csrf)?;
     let env = environment(&svc, &v, &app, &mode)?;
-    let comment = form.comment.map(|c| c.trim().to_string()).filter(|c| !c.is_empty());
+    let comment = form
+        .comment
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty());
     let (svc2, env2, user) = (svc.clone(), env.clone(), v.user.name.clone());
     match blocking(move || api::start_snapshot(&svc2, &env2, comment, false, Some(user))).await {
         Ok((_, job)) => Ok(Redirect::to(&format!("/ui/jobs/{}", job.id)).into_response()),
-        Err(e) => Err(refused(&v, "Create backup", e, &env_path(&env))),
+        Err(e) => Err(Stop::from(refused(&v, "Create backup", e, &env_path(&env)))),
     }
 }
 
@@ -524,12 +543,12 @@ async fn record(
     v: &Visitor,
     env: &Environment,
     id: &str,
-) -> Result<Record, Response> {
+) -> Result<Record, Stop> {
     let (svc2, env2, id2) = (svc.clone(), env.clone(), id.to_string());
     match blocking(move || api::find_record(&svc2, &env2, &id2, false)).await {
         Ok(Some(r)) => Ok(r),
-        Ok(None) => Err(not_found(v, &format!("Backup {id}"))),
-        Err(e) => Err(refused(v, "Backup", e, &env_path(env))),
+        Ok(None) => Err(Stop::from(not_found(v, &format!("Backup {id}")))),
+        Err(e) => Err(Stop::from(refused(v, "Backup", e, &env_path(env)))),
     }
 }
 
@@ -674,36 +693,47 @@ async fn download(
         "full" => (Variant::Full, "files_and_database"),
         "database" => (Variant::Database, "database_only"),
         "files" => (Variant::Files, "files_only"),
-        _ => return Err(not_found(&v, "That download choice")),
+        _ => return Err(Stop::from(not_found(&v, "That download choice"))),
     };
     if rec.state != SnapState::Completed {
-        return Err(html::message(
+        return Err(Stop::from(html::message(
             StatusCode::CONFLICT,
             "Download",
             Some(v.header()),
             "The backup is not completed; download it when it is.",
             &env_path(&env),
-        ));
+        )));
     }
     let (svc2, env2) = (svc.clone(), env.clone());
-    match blocking(move || api::start_archive(&svc2, &env2, rec, variant, data_type.into())).await
-    {
+    match blocking(move || api::start_archive(&svc2, &env2, rec, variant, data_type.into())).await {
         Ok(job) => Ok(Redirect::to(&format!("/ui/jobs/{}", job.id)).into_response()),
-        Err(e) => Err(refused(&v, "Download", e, &env_path(&env))),
+        Err(e) => Err(Stop::from(refused(&v, "Download", e, &env_path(&env)))),
     }
 }
 
 /// A page asking to confirm `what`: the same form posted again with `confirmed=yes`.
-fn confirm_page(
-    v: &Visitor,
-    title: &str,
-    paragraphs: &[String],
-    warnings: &[String],
-    action: &str,
-    fields: &[(&str, &str)],
-    button: &str,
-    back: &str,
-) -> Response {
+/// A question before something is replaced or removed.
+struct Confirm<'a> {
+    title: &'a str,
+    paragraphs: Vec<String>,
+    warnings: Vec<String>,
+    /// Where the form posts again, with `fields` and `confirmed=yes`.
+    action: String,
+    fields: Vec<(&'a str, &'a str)>,
+    button: String,
+    back: &'a str,
+}
+
+fn confirm_page(v: &Visitor, c: Confirm<'_>) -> Response {
+    let Confirm {
+        title,
+        paragraphs,
+        warnings,
+        action,
+        fields,
+        button,
+        back,
+    } = c;
     let text: String = paragraphs
         .iter()
         .map(|p| format!("<p>{}</p>", esc(p)))
@@ -731,9 +761,9 @@ fn confirm_page(
 <a class="button secondary" href="{}">Cancel</a>
 </form>"#,
         esc(title),
-        esc(action),
+        esc(&action),
         csrf_field(&v.signed.csrf),
-        esc(button),
+        esc(&button),
         esc(back)
     );
     html::page(StatusCode::OK, title, Some(v.header()), &body)
@@ -786,43 +816,45 @@ async fn restore(
     let back = format!("{}/snapshots/{}", env_path(&env), seg(&rec.id));
     let target2 = target.clone();
     if let Some(stop) = blocking(move || running_message(&target2)).await {
-        return Err(html::message(
+        return Err(Stop::from(html::message(
             StatusCode::CONFLICT,
             "Restore refused",
             Some(v.header()),
             &stop,
             &back,
-        ));
+        )));
     }
     if form.confirmed.as_deref() != Some("yes") {
         let warnings: Vec<String> = older_model(&rec, &target).into_iter().collect();
         return Ok(confirm_page(
             &v,
-            "Restore this backup?",
-            &[
-                format!(
-                    "The backup of {} made {} replaces the database and the uploaded files of \
+            Confirm {
+                title: "Restore this backup?",
+                paragraphs: vec![
+                    format!(
+                        "The backup of {} made {} replaces the database and the uploaded files of \
                      {}.",
-                    env_label(&env),
-                    when(Some(rec.created_on), svc.config.timezone),
-                    env_label(&target)
-                ),
-                "What is there now is removed once the restore has succeeded; a restore that \
+                        env_label(&env),
+                        when(Some(rec.created_on), svc.config.timezone),
+                        env_label(&target)
+                    ),
+                    "What is there now is removed once the restore has succeeded; a restore that \
                  fails changes nothing. Make a backup of it first if you may want it back."
-                    .to_string(),
-            ],
-            &warnings,
-            &format!("{back}/restore"),
-            &[("target", &target.mode)],
-            &format!("Restore into {}", env_label(&target)),
-            &back,
+                        .to_string(),
+                ],
+                warnings,
+                action: format!("{back}/restore"),
+                fields: vec![("target", &target.mode)],
+                button: format!("Restore into {}", env_label(&target)),
+                back: &back,
+            },
         ));
     }
     let svc2 = svc.clone();
     let target2 = target.clone();
     match blocking(move || api::start_restore(&svc2, &target2, &rec, false)).await {
         Ok(job) => Ok(Redirect::to(&format!("/ui/jobs/{}", job.id)).into_response()),
-        Err(e) => Err(refused(&v, "Restore refused", e, &back)),
+        Err(e) => Err(Stop::from(refused(&v, "Restore refused", e, &back))),
     }
 }
 
@@ -851,7 +883,12 @@ async fn comment(
     .await;
     match done {
         Ok(_) => Ok(Redirect::to(&back).into_response()),
-        Err(e) => Err(refused(&v, "Comment", ApiError::from_lib(e), &back)),
+        Err(e) => Err(Stop::from(refused(
+            &v,
+            "Comment",
+            ApiError::from_lib(e),
+            &back,
+        ))),
     }
 }
 
@@ -872,29 +909,31 @@ async fn delete(
     let rec = record(&svc, &v, &env, &id).await?;
     let back = format!("{}/snapshots/{}", env_path(&env), seg(&rec.id));
     if matches!(rec.state, SnapState::Queued | SnapState::Running) {
-        return Err(html::message(
+        return Err(Stop::from(html::message(
             StatusCode::CONFLICT,
             "Delete",
             Some(v.header()),
             "The backup is still being made; delete it when it has finished.",
             &back,
-        ));
+        )));
     }
     if form.confirmed.as_deref() != Some("yes") {
         return Ok(confirm_page(
             &v,
-            "Delete this backup?",
-            &[format!(
-                "The backup of {} made {} ({}) is removed for good.",
-                env_label(&env),
-                when(Some(rec.created_on), svc.config.timezone),
-                size(rec.archive_bytes)
-            )],
-            &[],
-            &format!("{back}/delete"),
-            &[],
-            "Delete backup",
-            &back,
+            Confirm {
+                title: "Delete this backup?",
+                paragraphs: vec![format!(
+                    "The backup of {} made {} ({}) is removed for good.",
+                    env_label(&env),
+                    when(Some(rec.created_on), svc.config.timezone),
+                    size(rec.archive_bytes)
+                )],
+                warnings: Vec::new(),
+                action: format!("{back}/delete"),
+                fields: Vec::new(),
+                button: "Delete backup".into(),
+                back: &back,
+            },
         ));
     }
     let svc2 = svc.clone();
@@ -905,7 +944,12 @@ async fn delete(
     .await;
     match done {
         Ok(_) => Ok(Redirect::to(&env_path(&env)).into_response()),
-        Err(e) => Err(refused(&v, "Delete", ApiError::from_lib(e), &back)),
+        Err(e) => Err(Stop::from(refused(
+            &v,
+            "Delete",
+            ApiError::from_lib(e),
+            &back,
+        ))),
     }
 }
 
@@ -946,12 +990,14 @@ async fn upload_form(
 </fieldset>
 <label class="choice"><input type="checkbox" name="confirmed" value="yes" required> I understand that the database and uploaded files of {label} are removed and replaced</label>
 <label for="file">File (at most {limit})</label>
-<input id="file" type="file" name="file" required>
+<input id="file" type="file" name="file" required data-max-bytes="{max}">
+<p id="file-problem" class="error" role="alert" hidden></p>
 <button type="submit" class="danger">Upload and replace</button>
 </form>"#,
         base = env_path(&env),
         csrf = csrf_field(&v.signed.csrf),
         limit = esc(&size(Some(max_upload(&svc)))),
+        max = max_upload(&svc),
     );
     Ok(html::page(
         StatusCode::OK,
@@ -983,23 +1029,6 @@ async fn upload(
         html::message(status, "Upload refused", Some(v.header()), text, &back)
     };
     let limit = max_upload(&svc);
-    if let Some(len) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|l| l.to_str().ok())
-        .and_then(|l| l.parse::<u64>().ok())
-    {
-        if len > limit.saturating_add(64 * 1024) {
-            return Err(fail(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!(
-                    "The upload is {}, more than the {} this service takes (max_upload_bytes \
-                     in its configuration). Nothing was changed.",
-                    size(Some(len)),
-                    size(Some(limit))
-                ),
-            ));
-        }
-    }
     // The fields come in the form's order: the token, the kind and the confirmation before
     // the file, so nothing is written for a form that would be refused.
     let mut csrf_ok = false;
@@ -1011,10 +1040,10 @@ async fn upload(
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) => {
-                return Err(fail(
+                return Err(Stop::from(fail(
                     StatusCode::BAD_REQUEST,
                     &format!("The upload did not arrive whole ({e}). Nothing was changed."),
-                ));
+                )));
             }
         };
         match field.name().unwrap_or("") {
@@ -1026,27 +1055,27 @@ async fn upload(
             "confirmed" => confirmed = field.text().await.is_ok_and(|t| t == "yes"),
             "file" if saved.is_none() => {
                 if !csrf_ok {
-                    return Err(fail(
+                    return Err(Stop::from(fail(
                         StatusCode::FORBIDDEN,
                         "This form is not from your current session. Nothing was changed; \
                          open the upload page again.",
-                    ));
+                    )));
                 }
                 if kind.is_none() || !confirmed {
-                    return Err(fail(
+                    return Err(Stop::from(fail(
                         StatusCode::BAD_REQUEST,
                         "Say what you upload and confirm that the environment is cleared.",
-                    ));
+                    )));
                 }
                 let Some(ticket) = svc.jobs.claim(&env.catalog_name()) else {
-                    return Err(fail(
+                    return Err(Stop::from(fail(
                         StatusCode::CONFLICT,
                         &api::busy(&env).message,
-                    ));
+                    )));
                 };
                 let env2 = env.clone();
                 if let Some(stop) = blocking(move || running_message(&env2)).await {
-                    return Err(fail(StatusCode::CONFLICT, &stop));
+                    return Err(Stop::from(fail(StatusCode::CONFLICT, &stop)));
                 }
                 match receive(&svc, field, limit).await {
                     Ok(file) => saved = Some((file, ticket)),
@@ -1056,7 +1085,7 @@ async fn upload(
                         } else {
                             StatusCode::BAD_REQUEST
                         };
-                        return Err(fail(status, &format!("{e}")));
+                        return Err(Stop::from(fail(status, &format!("{e}"))));
                     }
                 }
             }
@@ -1064,12 +1093,18 @@ async fn upload(
         }
     }
     let (Some((file, ticket)), Some(kind)) = (saved, kind) else {
-        return Err(fail(StatusCode::BAD_REQUEST, "Choose a file to upload."));
+        return Err(Stop::from(fail(
+            StatusCode::BAD_REQUEST,
+            "Choose a file to upload.",
+        )));
     };
     let svc2 = svc.clone();
     match blocking(move || start_upload(&svc2, &env, ticket, file, kind)).await {
         Ok(job) => Ok(Redirect::to(&format!("/ui/jobs/{}", job.id)).into_response()),
-        Err(e) => Err(fail(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}"))),
+        Err(e) => Err(Stop::from(fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("{e}"),
+        ))),
     }
 }
 
@@ -1106,6 +1141,14 @@ async fn receive(
         };
         total += chunk.len() as u64;
         if total > limit {
+            // Read on (up to a bound) so the browser gets the answer rather than a reset
+            // connection; nothing more is written.
+            while total <= limit.saturating_add(DRAIN_AFTER_LIMIT) {
+                match field.chunk().await {
+                    Ok(Some(c)) => total += c.len() as u64,
+                    _ => break,
+                }
+            }
             return Err(Error::usage(format!(
                 "the upload is larger than the {} this service takes (max_upload_bytes in its \
                  configuration); nothing was changed",
@@ -1141,7 +1184,9 @@ fn start_upload(
     let log = svc.log.clone();
     let what = format!("{}/{}", env.app, env.mode);
     svc.jobs.start(ticket, job, move |tracker, cancel| {
-        log(&format!("uploaded data: verifying, then restoring into {what}"));
+        log(&format!(
+            "uploaded data: verifying, then restoring into {what}"
+        ));
         let file = file;
         let read = crate::inspect::plan(crate::inspect::ReadOptions {
             source: crate::source::Source::File(file.0.clone()),

@@ -169,7 +169,11 @@ mod tests {
         assert!(!found.csrf_ok(""));
         sessions.close(&s.token);
         assert!(sessions.get(&h).is_none());
-        assert!(sessions.get(&with_cookie(&format!("{COOKIE}=nope"))).is_none());
+        assert!(
+            sessions
+                .get(&with_cookie(&format!("{COOKIE}=nope")))
+                .is_none()
+        );
     }
 
     #[test]
