@@ -382,6 +382,10 @@ pub struct TargetArgs {
     /// Keep the replaced database and files under timestamped names.
     #[arg(long)]
     pub keep_previous: bool,
+    /// Clear the half the archive lacks, as the cloud's Upload data does: a database-only
+    /// archive leaves an empty file store, a files-only one an empty database.
+    #[arg(long, conflicts_with = "variant")]
+    pub clear_rest: bool,
     /// The target's model version (for the older-model warning).
     #[arg(long, value_name = "V")]
     pub model_version: Option<String>,

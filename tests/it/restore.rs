@@ -270,6 +270,51 @@ fn files_only_restores_leave_the_database_alone() {
 }
 
 #[test]
+fn clear_rest_empties_the_half_an_upload_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Db::with_fixture("crsrc");
+    // A database alone: its rows arrive and the store is left empty.
+    let bare = dir.path().join("database.backup");
+    ok(mxsnap(&[
+        "create",
+        "--database",
+        &source.url(),
+        "--variant",
+        "database",
+        "--output",
+        bare.to_str().unwrap(),
+    ]));
+    let env = Env::new("crdb");
+    ok(env.restore(&bare, &["--clear-rest"]));
+    assert_eq!(env.db.checksums(), source.checksums());
+    assert!(env.files.is_dir());
+    assert!(tree_hashes(&env.files).is_empty());
+    env.assert_clean();
+    // Files alone: they arrive and the database is empty (but there, like the target's).
+    let files = dir.path().join("files.tar.gz");
+    ok(create(&source, &files, &["--variant", "files"]));
+    let env = Env::new("crfiles");
+    ok(env.restore(&files, &["--clear-rest"]));
+    assert_eq!(tree_hashes(&env.files), fixture_tree(&source));
+    assert!(env.db.checksums().is_empty(), "{:?}", env.db.checksums());
+    env.assert_clean();
+    // A corrupt upload with --clear-rest changes nothing either.
+    let before = env.state();
+    let bytes = std::fs::read(&bare).unwrap();
+    let cut = dir.path().join("cut.backup");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    assert_ne!(env.restore(&cut, &["--clear-rest"]).code, 0);
+    assert_eq!(env.state(), before);
+    env.assert_clean();
+    // It cannot be combined with --variant.
+    assert_eq!(
+        env.restore(&bare, &["--clear-rest", "--variant", "database"])
+            .code,
+        2
+    );
+}
+
+#[test]
 fn a_cloud_shaped_archive_from_gnu_tar_and_pg_dump_restores() {
     let db = Db::with_fixture("cloudsrc");
     let dir = tempfile::tempdir().unwrap();

@@ -26,7 +26,7 @@ pub fn run(args: &TargetArgs, source: Source, quiet: bool) -> anyhow::Result<()>
         variant: args.variant,
         jobs: args.jobs,
         keep_previous: args.keep_previous,
-        clear_rest: false,
+        clear_rest: args.clear_rest,
         order: args.order,
         model_version: args.model_version.clone(),
         pg_bin: args.pg_bin.clone(),
