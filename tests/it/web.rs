@@ -21,8 +21,8 @@ const JOB: Duration = Duration::from_secs(180);
 fn sign_in(b: &Browser, base: &str, user: (&str, &str)) {
     b.goto(&format!("{base}/ui/"));
     b.type_into("#username", user.0);
-    b.type_into("#key", user.1);
-    b.click("form[action='/ui/sign-in'] button");
+    // By keyboard: Enter in the key field sends the form.
+    b.type_into("#key", &format!("{}\u{E007}", user.1));
     b.wait_for("header .account", Duration::from_secs(10));
 }
 
@@ -98,7 +98,7 @@ fn the_backups_page_in_a_browser() {
         &s,
         &[
             ("MXSNAP_PAUSE_AT", "create-writing"),
-            ("MXSNAP_PAUSE_MS", "3000"),
+            ("MXSNAP_PAUSE_MS", "4000"),
         ],
     );
     let base = server.base.clone();
@@ -308,6 +308,7 @@ fn the_backups_page_in_a_browser() {
     upload(&b, &base, "database", files);
     let outcome = job_outcome(&b);
     assert!(outcome.contains("not a database"), "{outcome}");
+    assert!(outcome.contains("only uploaded files"), "{outcome}");
     b.screenshot(&shots, "11-upload-wrong-kind");
     assert_eq!(s.target.state(), before);
     let bytes = std::fs::read(full).unwrap();

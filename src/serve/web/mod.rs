@@ -1197,11 +1197,11 @@ fn start_upload(
         let report = crate::inspect::execute(read, tracker, cancel)?;
         if report.variant != variant {
             return Err(Error::usage(format!(
-                "the file is {}, not {said}; nothing was changed",
+                "the file holds {}, not {said}",
                 match report.variant {
-                    Variant::Full => "a full snapshot",
-                    Variant::Database => "a database dump",
-                    Variant::Files => "uploaded files",
+                    Variant::Full => "a full snapshot (database and files)",
+                    Variant::Database => "only a database",
+                    Variant::Files => "only uploaded files",
                 }
             ))
             .with_hint("upload it again with the right choice"));
