@@ -337,6 +337,43 @@ fn the_backups_page_in_a_browser() {
     b.click("button.danger");
     b.wait_for("p.empty", Duration::from_secs(10));
 
+    // Paged, newest first: 22 failed attempts planted in Test's catalogue make two pages.
+    for i in 0..22u32 {
+        let id = format!("00000000-0000-4000-8000-{i:012}");
+        let rec = serde_json::json!({
+            "id": id, "environment": "calc.Test", "created_by": "Nightly", "kind": "nightly",
+            "state": "Failed", "status_message": "the database was unreachable",
+            "created_on": format!("2026-01-{:02}T19:00:00Z", i + 1), "finished_on": null,
+            "expires_on": null, "model_version": null, "comment": format!("attempt {i}"),
+            "archive": null, "archive_bytes": null, "archive_sha256": null, "dump_bytes": null,
+            "files_bytes": null, "database_bytes": null, "file_count": null, "pid": null,
+        });
+        std::fs::write(
+            s.dir.path().join(format!("repo/snapshots/{id}.json")),
+            rec.to_string(),
+        )
+        .unwrap();
+    }
+    b.goto(&format!("{base}/ui/environments/calc/Test"));
+    assert!(
+        b.text(".pager").contains("Page 1 of 2 (22 backups)"),
+        "{}",
+        b.text("main")
+    );
+    assert!(b.text("table.backups tbody tr").contains("attempt 21"));
+    assert_eq!(
+        b.script("return document.querySelectorAll('table.backups tbody tr').length;"),
+        20
+    );
+    b.click(".pager a[rel=next]");
+    b.wait_contains(".pager", "Page 2 of 2", Duration::from_secs(10));
+    assert_eq!(
+        b.script("return document.querySelectorAll('table.backups tbody tr').length;"),
+        2
+    );
+    assert!(b.text("table.backups tbody tr").contains("attempt 1"));
+    assert!(b.text("table.backups").contains("Failed"));
+
     // bob sees only calc/Test: Acceptance is not found for him.
     b.click("header .account button");
     b.wait_for("#username", Duration::from_secs(10));
