@@ -10,6 +10,22 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use crate::archive::codec::IO_BUFFER;
 use crate::error::{Error, Result};
 
+/// A byte count for people: `1.5 KiB`, `512 B`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
 /// Writes `value` as pretty JSON to `path` durably and atomically: a temporary file beside it,
 /// fsync, rename, fsync of the directory. A reader sees the old file or the new one, never a
 /// part; a crash leaves at most the temporary file, which the next save replaces.

@@ -369,10 +369,11 @@ fn missing_files_warning(plan: &EnvPlan) -> Result<Option<String>> {
     }))
 }
 
-/// The staging database, empty: what a files-only upload leaves of the database.
-fn create_empty_staging_db(plan: &EnvPlan) -> Result<()> {
+/// Creates the staging database like the target (encoding and locale), saying what it is for
+/// whoever finds it: a crash before the swap may leave it behind until the next mxsnap run on
+/// the environment drops it.
+fn create_staging_db(plan: &EnvPlan, admin: &Session, what: &str) -> Result<()> {
     let target = &plan.target;
-    let admin = target::admin_session(&target.database)?;
     let db = target.database.dbname();
     let like = if plan.target_db_exists {
         admin.database_locale(db)?
@@ -380,10 +381,17 @@ fn create_empty_staging_db(plan: &EnvPlan) -> Result<()> {
         None
     };
     let note = format!(
-        "mxsnap staging copy (empty) for database {db}; the next mxsnap run on that \
-         environment removes it"
+        "mxsnap staging copy{what} for database {db} (files {}); the next mxsnap run on that \
+         environment removes it",
+        target.files.display()
     );
     admin.create_database(&plan.staging_db, like.as_ref(), &note)
+}
+
+/// The staging database, empty: what a files-only upload leaves of the database.
+fn create_empty_staging_db(plan: &EnvPlan) -> Result<()> {
+    let admin = target::admin_session(&plan.target.database)?;
+    create_staging_db(plan, &admin, " (empty)")
 }
 
 /// Creates the staging database (like the target: encoding and locale) and pg_restores the
@@ -406,20 +414,7 @@ fn restore_staging_db(
     let target = &plan.target;
     let admin = target::admin_session(&target.database)?;
     stopped()?;
-    let db = target.database.dbname();
-    let like = if plan.target_db_exists {
-        admin.database_locale(db)?
-    } else {
-        None
-    };
-    // Say what it is, for whoever finds it: a crash before the swap may leave it behind until
-    // the next mxsnap run on the environment drops it.
-    let note = format!(
-        "mxsnap staging copy for database {db} (files {}); the next mxsnap run on that \
-         environment removes it",
-        target.files.display()
-    );
-    admin.create_database(&plan.staging_db, like.as_ref(), &note)?;
+    create_staging_db(plan, &admin, "")?;
     stopped()?;
     let staging_spec = target.database.with_dbname(&plan.staging_db);
     plan.tools

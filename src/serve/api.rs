@@ -266,6 +266,14 @@ pub(super) fn find_record(
     Ok(belongs.then_some(rec))
 }
 
+/// Claims `env` for a new job: refused while the service stops or another job holds it.
+pub(super) fn claim(svc: &Service, env: &Environment) -> Result<super::jobs::Ticket, ApiError> {
+    if svc.cancel.is_cancelled() {
+        return Err(stopping());
+    }
+    svc.jobs.claim(&env.catalog_name()).ok_or_else(|| busy(env))
+}
+
 /// Starts a snapshot of `env`: planned (and recorded as Queued) before the answer, made on a
 /// job thread.
 pub(super) fn start_snapshot(
@@ -275,13 +283,7 @@ pub(super) fn start_snapshot(
     nightly: bool,
     created_by: Option<String>,
 ) -> Result<(Record, Job), ApiError> {
-    if svc.cancel.is_cancelled() {
-        return Err(stopping());
-    }
-    let ticket = svc
-        .jobs
-        .claim(&env.catalog_name())
-        .ok_or_else(|| busy(env))?;
+    let ticket = claim(svc, env)?;
     let plan = crate::catalog::ops::plan_create(crate::catalog::ops::SnapshotRequest {
         repo: svc.config.repo.clone(),
         environment: env.catalog_name(),
@@ -446,9 +448,6 @@ pub(super) fn start_restore(
     rec: &Record,
     db_only: bool,
 ) -> Result<Job, ApiError> {
-    if svc.cancel.is_cancelled() {
-        return Err(stopping());
-    }
     if rec.state != SnapState::Completed {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -456,10 +455,7 @@ pub(super) fn start_restore(
             format!("Snapshot {} is {:?}, not Completed.", rec.id, rec.state),
         ));
     }
-    let ticket = svc
-        .jobs
-        .claim(&env.catalog_name())
-        .ok_or_else(|| busy(env))?;
+    let ticket = claim(svc, env)?;
     let repo = Repo::open(&svc.config.repo, false).map_err(ApiError::from_lib)?;
     let archive = repo
         .completed_archive(rec, "there is nothing to restore")
@@ -757,13 +753,7 @@ pub(super) fn start_archive(
     variant: Variant,
     data_type: String,
 ) -> Result<Job, ApiError> {
-    if svc.cancel.is_cancelled() {
-        return Err(stopping());
-    }
-    let ticket = svc
-        .jobs
-        .claim(&env.catalog_name())
-        .ok_or_else(|| busy(env))?;
+    let ticket = claim(svc, env)?;
     let mut job = Job::new(JobKind::Archive, &env.catalog_name());
     job.snapshot_id = Some(rec.id.clone());
     job.data_type = Some(data_type);

@@ -44,23 +44,9 @@ pub fn when(t: Option<DateTime<Utc>>, tz: Tz) -> String {
     )
 }
 
-/// A byte count for people: 1.2 MiB.
+/// A byte count for people, or a dash when unknown.
 pub fn size(bytes: Option<u64>) -> String {
-    let Some(b) = bytes else {
-        return "–".to_string();
-    };
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
+    bytes.map_or_else(|| "–".to_string(), crate::output::human_bytes)
 }
 
 /// The hidden field every form carries.

@@ -1067,11 +1067,9 @@ async fn upload(
                         "Say what you upload and confirm that the environment is cleared.",
                     )));
                 }
-                let Some(ticket) = svc.jobs.claim(&env.catalog_name()) else {
-                    return Err(Stop::from(fail(
-                        StatusCode::CONFLICT,
-                        &api::busy(&env).message,
-                    )));
+                let ticket = match api::claim(&svc, &env) {
+                    Ok(t) => t,
+                    Err(e) => return Err(Stop::from(fail(StatusCode::CONFLICT, &e.message))),
                 };
                 let env2 = env.clone();
                 if let Some(stop) = blocking(move || running_message(&env2)).await {
