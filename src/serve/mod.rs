@@ -155,6 +155,7 @@ pub fn run(config: Config, cancel: Cancel, log: Log, ready: impl FnOnce(SocketAd
         prepare_lock: Mutex::new(()),
     });
     download::sweep(&svc.config.repo);
+    web::sweep_uploads(&svc.config.repo);
     let schedule = svc.config.schedule.clone().map(|s| {
         let svc = svc.clone();
         std::thread::spawn(move || schedule::run(svc, s))

@@ -398,7 +398,11 @@ fn the_backups_page_in_a_browser() {
         config.replacen("\nrepo = ", "\nmax_upload_bytes = 50000\nrepo = ", 1),
     )
     .unwrap();
+    // An upload left by a service that died while it arrived is removed at the next start.
+    let stale = s.dir.path().join("repo/serve/uploads/stale.upload");
+    std::fs::write(&stale, b"half an upload").unwrap();
     let server = start(&s, &[]);
+    assert!(!stale.exists());
     let base = server.base.clone();
     sign_in(&b, &base, ALICE);
     let before = s.target.state();

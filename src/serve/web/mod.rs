@@ -1106,6 +1106,16 @@ async fn upload(
     }
 }
 
+/// Removes uploads left by a service that died while receiving or restoring them: at the
+/// start no job can be using one.
+pub fn sweep_uploads(repo: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(repo.join("serve").join("uploads")) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Streams the file field to `serve/uploads/`, refusing it past `limit` bytes.
 async fn receive(
     svc: &Service,
