@@ -23,6 +23,7 @@ pub mod error;
 pub mod fuzz;
 pub mod http;
 pub mod inspect;
+pub mod objstore;
 pub mod output;
 pub mod pg;
 pub mod prepare;

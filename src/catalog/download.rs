@@ -1,6 +1,5 @@
 //! A stored full snapshot streamed out as one of the cloud's downloads.
 
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -21,7 +20,7 @@ use crate::progress::{Cancel, Progress};
 pub(super) fn download(
     rec: &Record,
     keys: &crate::crypt::Keys,
-    source: &Path,
+    source: &super::Stored,
     variant: Variant,
     target: Option<&Path>,
     writer: Option<Box<dyn Write + Send>>,
@@ -38,9 +37,7 @@ pub(super) fn download(
         (None, Some(w)) => Box::new(std::io::BufWriter::new(w)),
         (None, None) => return Err(Error::usage("a download needs a file or a stream")),
     };
-    let input = cancel.reader(
-        File::open(source).map_err(|e| Error::io(format!("opening {}", source.display()), e))?,
-    );
+    let input = cancel.reader(source.open()?);
     match variant {
         Variant::Full => {
             use sha2::{Digest, Sha256};
@@ -52,14 +49,14 @@ pub(super) fn download(
                 sink.write_all(chunk)
             })
             .map_err(|e| match e {
-                PumpError::Read(e) => Error::io(format!("reading {}", source.display()), e),
+                PumpError::Read(e) => Error::io(format!("reading {}", source.name()), e),
                 PumpError::Write(e) => Error::io("writing the download", e),
             })?;
             let sha = crate::archive::writer::hex(&hasher.finalize());
             if rec.archive_sha256.as_deref() != Some(sha.as_str()) {
                 return Err(Error::corrupt(format!(
                     "the stored archive {} no longer matches its recorded SHA-256",
-                    source.display()
+                    source.name()
                 ))
                 .with_hint("the catalogue's copy is damaged; use another copy"));
             }

@@ -18,6 +18,7 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::objstore::Bucket;
 use crate::output::write_json_atomically;
 pub use retention::{Decision, Kind, Rule, State};
 
@@ -47,6 +48,13 @@ pub struct Record {
     pub file_count: Option<u64>,
     /// The process making a Running snapshot, to tell a live one from a crashed one.
     pub pid: Option<u32>,
+    /// The machine of that process (a pid means nothing on another host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// When the maker of a Running snapshot in an object-store catalogue last said it was
+    /// alive; other hosts judge it crashed when this grows old.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_on: Option<DateTime<Utc>>,
     /// The age public keys the archive is encrypted to; `None` when it is not encrypted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encrypted_to: Option<Vec<String>>,
@@ -177,70 +185,276 @@ pub fn check_environment(name: &str) -> Result<()> {
     }
 }
 
+/// A catalogue: a directory (records changed under an `flock`), or a bucket prefix
+/// (`s3://bucket/prefix`, records changed with conditional puts, no lock at all).
+#[derive(Clone)]
 pub struct Repo {
     root: PathBuf,
+    bucket: Option<Bucket>,
 }
 
 struct RepoLock {
-    _file: File,
+    _file: Option<File>,
+}
+
+/// How long a Running record on another host lives without a heartbeat before it counts as
+/// crashed (four missed beats).
+fn stale_after() -> chrono::Duration {
+    chrono::Duration::from_std(heartbeat_every() * 4).unwrap_or(chrono::Duration::minutes(2))
+}
+
+/// How often a create in an object-store catalogue says it is alive.
+pub(crate) fn heartbeat_every() -> std::time::Duration {
+    crate::http::env_secs("MXSNAP_HEARTBEAT_SECS", 30)
+}
+
+/// This machine's name, recorded with a Running snapshot so that another host does not judge
+/// it by a process id that means nothing there.
+pub(crate) fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Where a stored archive's bytes are.
+pub enum Stored {
+    File(PathBuf),
+    Object { bucket: Bucket, key: String },
+}
+
+impl Stored {
+    pub fn name(&self) -> String {
+        match self {
+            Stored::File(p) => p.display().to_string(),
+            Stored::Object { bucket, key } => format!("{}/{key}", bucket.url()),
+        }
+    }
+
+    /// Its bytes from the start.
+    pub fn open(&self) -> Result<Box<dyn std::io::Read + Send>> {
+        match self {
+            Stored::File(p) => Ok(Box::new(
+                File::open(p).map_err(|e| Error::io(format!("opening {}", p.display()), e))?,
+            )),
+            Stored::Object { bucket, key } => Ok(Box::new(std::io::BufReader::with_capacity(
+                1 << 20,
+                bucket.reader(key)?,
+            ))),
+        }
+    }
+
+    /// As a restore's or verify's source.
+    pub fn into_source(self) -> Result<crate::source::Source> {
+        Ok(match self {
+            Stored::File(p) => crate::source::Source::File(p),
+            Stored::Object { .. } => crate::source::Source::Stream {
+                name: self.name(),
+                reader: self.open()?,
+            },
+        })
+    }
+}
+
+fn is_bucket(root: &Path) -> bool {
+    root.to_str().is_some_and(crate::objstore::is_s3)
+}
+
+fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(value).map_err(|e| Error::environment(format!("encoding {what}: {e}")))
+}
+
+fn marker(config: &RepoConfig) -> Marker {
+    Marker {
+        format: "mxsnap-repo".into(),
+        version: 1,
+        config: config.clone(),
+    }
 }
 
 impl Repo {
-    /// Whether `root` holds a catalogue.
+    /// Whether `root` holds a catalogue (an object store that cannot be asked says no; `open`
+    /// then tells why).
     pub fn exists(root: &Path) -> bool {
+        if is_bucket(root) {
+            let url = root.to_string_lossy();
+            return Bucket::open(&url)
+                .and_then(|b| b.get(MARKER))
+                .is_ok_and(|m| m.is_some());
+        }
         root.join(MARKER).is_file()
     }
 
-    /// Opens the catalogue at `root`, making it when `create` and it does not exist yet.
+    /// Opens the catalogue at `root` (a directory or `s3://bucket/prefix`), making it when
+    /// `create` and it does not exist yet.
     pub fn open(root: &Path, create: bool) -> Result<Repo> {
-        let marker = root.join(MARKER);
-        if !marker.is_file() {
+        let not_one = || {
+            Error::usage(format!("{} is not an mxsnap catalogue", root.display()))
+                .with_hint("make one with `mxsnap snapshots create --repo DIR ...`")
+        };
+        if is_bucket(root) {
+            let bucket = Bucket::open(&root.to_string_lossy())?;
+            if bucket.get(MARKER)?.is_none() {
+                if !create {
+                    return Err(not_one());
+                }
+                // Another host making it at the same moment is as good.
+                bucket.create(MARKER, encode(MARKER, &marker(&RepoConfig::default()))?)?;
+            }
+            return Ok(Repo {
+                root: PathBuf::from(bucket.url()),
+                bucket: Some(bucket),
+            });
+        }
+        let marker_path = root.join(MARKER);
+        if !marker_path.is_file() {
             if !create {
-                return Err(
-                    Error::usage(format!("{} is not an mxsnap catalogue", root.display()))
-                        .with_hint("make one with `mxsnap snapshots create --repo DIR ...`"),
-                );
+                return Err(not_one());
             }
             for dir in [root.join("snapshots"), root.join("archives")] {
                 fs::create_dir_all(&dir)
                     .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
             }
-            write_json_atomically(
-                &marker,
-                &Marker {
-                    format: "mxsnap-repo".into(),
-                    version: 1,
-                    config: RepoConfig::default(),
-                },
-            )?;
+            write_json_atomically(&marker_path, &marker(&RepoConfig::default()))?;
         }
         Ok(Repo {
             root: root.to_path_buf(),
+            bucket: None,
         })
     }
 
+    /// Whether the catalogue is in an object store.
+    pub fn is_object_store(&self) -> bool {
+        self.bucket.is_some()
+    }
+
+    /// The directory lock; nothing for a bucket, whose changes are conditional puts.
     fn lock(&self) -> Result<RepoLock> {
+        if self.bucket.is_some() {
+            return Ok(RepoLock { _file: None });
+        }
         let path = self.root.join(".lock");
         let file =
             File::create(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
         // Blocking, as every holder is brief.
         crate::sys::lock_exclusive(&file, true)
             .map_err(|e| Error::io(format!("locking {}", path.display()), e))?;
-        Ok(RepoLock { _file: file })
+        Ok(RepoLock { _file: Some(file) })
+    }
+
+    fn record_key(id: &str) -> String {
+        format!("snapshots/{id}.json")
     }
 
     fn record_path(&self, id: &str) -> PathBuf {
         self.root.join("snapshots").join(format!("{id}.json"))
     }
 
+    /// Where the archive is, for messages and plans.
     pub fn archive_path(&self, rec: &Record) -> Option<PathBuf> {
         rec.archive
             .as_ref()
             .map(|a| self.root.join("archives").join(a))
     }
 
+    /// Where a new archive named `name` is written: a file path, or a multipart upload.
+    pub(crate) fn archive_output(
+        &self,
+        name: &str,
+    ) -> Result<(crate::create::Output, Option<crate::objstore::Upload>)> {
+        match &self.bucket {
+            Some(b) => {
+                let upload = b.upload(&format!("archives/{name}"))?;
+                Ok((
+                    crate::create::Output::Writer(Box::new(upload.clone())),
+                    Some(upload),
+                ))
+            }
+            None => Ok((
+                crate::create::Output::Path(self.root.join("archives").join(name)),
+                None,
+            )),
+        }
+    }
+
+    /// Writes a record as it is: for a bucket, only where none is yet (a new record).
+    fn save_new(&self, rec: &Record) -> Result<()> {
+        match &self.bucket {
+            Some(b) => {
+                if !b.create(&Self::record_key(&rec.id), encode("a record", rec)?)? {
+                    return Err(Error::environment(format!(
+                        "snapshot {} already exists in {}",
+                        rec.id,
+                        b.url()
+                    )));
+                }
+                Ok(())
+            }
+            None => {
+                let _lock = self.lock()?;
+                self.save(rec)
+            }
+        }
+    }
+
+    /// Writes `rec` whether or not it exists (a create's Running record over its Queued one),
+    /// keeping a comment changed meanwhile.
+    pub(crate) fn upsert(&self, rec: &Record) -> Result<()> {
+        let Some(b) = &self.bucket else {
+            let _lock = self.lock()?;
+            return self.save(rec);
+        };
+        let key = Self::record_key(&rec.id);
+        loop {
+            match b.get(&key)? {
+                None => {
+                    if b.create(&key, encode("a record", rec)?)? {
+                        return Ok(());
+                    }
+                }
+                Some(v) => {
+                    let current = read_record(&key, &v.bytes)?;
+                    let mut new = rec.clone();
+                    new.comment = current.comment;
+                    if b.replace(&key, encode("a record", &new)?, &v.etag)? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
     fn save(&self, rec: &Record) -> Result<()> {
         write_json_atomically(&self.record_path(&rec.id), rec)
+    }
+
+    /// Changes the record `id` with `change`: under the lock for a directory; for a bucket as
+    /// a compare-and-swap on its ETag, read again and retried when another host changed it.
+    pub(crate) fn update(
+        &self,
+        id: &str,
+        mut change: impl FnMut(&mut Record) -> Result<()>,
+    ) -> Result<Record> {
+        let Some(b) = &self.bucket else {
+            let _lock = self.lock()?;
+            let path = self.record_path(id);
+            let mut rec = read_record(&path.display().to_string(), &read_file(&path)?)?;
+            change(&mut rec)?;
+            self.save(&rec)?;
+            return Ok(rec);
+        };
+        let key = Self::record_key(id);
+        loop {
+            let Some(v) = b.get(&key)? else {
+                return Err(Error::usage(format!("no snapshot {id} in {}", b.url())));
+            };
+            let mut rec = read_record(&key, &v.bytes)?;
+            change(&mut rec)?;
+            if b.replace(&key, encode("a record", &rec)?, &v.etag)? {
+                return Ok(rec);
+            }
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -249,43 +463,131 @@ impl Repo {
 
     /// The catalogue's settings.
     pub fn config(&self) -> Result<RepoConfig> {
-        let path = self.root.join(MARKER);
-        let data =
-            fs::read(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let (name, data) = match &self.bucket {
+            Some(b) => (
+                format!("{}/{MARKER}", b.url()),
+                b.get(MARKER)?.map(|v| v.bytes).unwrap_or_default(),
+            ),
+            None => {
+                let path = self.root.join(MARKER);
+                (path.display().to_string(), read_file(&path)?)
+            }
+        };
         let marker: Marker = serde_json::from_slice(&data)
-            .map_err(|e| Error::environment(format!("{} is unreadable: {e}", path.display())))?;
+            .map_err(|e| Error::environment(format!("{name} is unreadable: {e}")))?;
         Ok(marker.config)
     }
 
     pub(crate) fn set_config(&self, config: &RepoConfig) -> Result<()> {
+        if let Some(b) = &self.bucket {
+            // Last writer wins, as with the directory's lock: settings are not merged.
+            loop {
+                let etag = b.get(MARKER)?.map(|v| v.etag).unwrap_or_default();
+                if b.replace(MARKER, encode(MARKER, &marker(config))?, &etag)? {
+                    return Ok(());
+                }
+            }
+        }
         let _lock = self.lock()?;
-        write_json_atomically(
-            &self.root.join(MARKER),
-            &Marker {
-                format: "mxsnap-repo".into(),
-                version: 1,
-                config: config.clone(),
-            },
-        )
+        write_json_atomically(&self.root.join(MARKER), &marker(config))
     }
 
     /// The archive of a snapshot that can be restored or downloaded: a Completed one.
-    pub fn completed_archive(&self, rec: &Record, what: &str) -> Result<PathBuf> {
+    pub fn completed(&self, rec: &Record, what: &str) -> Result<Stored> {
         if rec.state != State::Completed {
             return Err(Error::usage(format!(
                 "snapshot {} is {:?}, not Completed: {what}",
                 rec.id, rec.state
             )));
         }
-        self.archive_path(rec)
-            .ok_or_else(|| Error::environment(format!("the record of {} names no archive", rec.id)))
+        let name = rec.archive.as_ref().ok_or_else(|| {
+            Error::environment(format!("the record of {} names no archive", rec.id))
+        })?;
+        Ok(match &self.bucket {
+            Some(b) => Stored::Object {
+                bucket: b.clone(),
+                key: format!("archives/{name}"),
+            },
+            None => Stored::File(self.root.join("archives").join(name)),
+        })
+    }
+
+    /// The archive of a Completed snapshot as a local file (what the service serves).
+    pub fn completed_archive(&self, rec: &Record, what: &str) -> Result<PathBuf> {
+        match self.completed(rec, what)? {
+            Stored::File(p) => Ok(p),
+            Stored::Object { .. } => Err(Error::usage(format!(
+                "{} is in an object store, which this operation does not read yet",
+                self.root.display()
+            ))),
+        }
+    }
+
+    /// Whether a Running or Queued record's maker is gone: a dead process on this host, or,
+    /// from another host, a heartbeat not renewed in time.
+    fn crashed(rec: &Record) -> bool {
+        if !matches!(rec.state, State::Running | State::Queued) {
+            return false;
+        }
+        let here = rec.host.as_deref().is_none_or(|h| h == host_name());
+        if here {
+            !rec.pid.is_some_and(|p| crate::sys::process_alive(p as i32))
+        } else {
+            rec.heartbeat_on
+                .is_none_or(|t| Utc::now() - t > stale_after())
+        }
     }
 
     /// Every record, oldest first. A Running record whose process is gone is reported as
     /// Failed (it crashed); `repair` also rewrites it and removes its partial archive.
     fn load_all(&self, repair: bool) -> Result<Vec<Record>> {
-        let dir = self.root.join("snapshots");
         let mut out = Vec::new();
+        for (name, data) in self.read_records()? {
+            let mut rec = read_record(&name, &data)?;
+            if Self::crashed(&rec) {
+                rec.state = State::Failed;
+                rec.status_message = Some(
+                    "interrupted: the process making this snapshot died before finishing"
+                        .to_string(),
+                );
+                if repair {
+                    self.remove_partials(&rec.id)?;
+                    if self.bucket.is_some() {
+                        // Only if it is still the crashed one: a beat since wins.
+                        let _ = self.update(&rec.id, |cur| {
+                            if Self::crashed(cur) {
+                                cur.state = State::Failed;
+                                cur.status_message = rec.status_message.clone();
+                            }
+                            Ok(())
+                        });
+                    } else {
+                        self.save(&rec)?;
+                    }
+                }
+            }
+            out.push(rec);
+        }
+        out.sort_by_key(|r| r.created_on);
+        Ok(out)
+    }
+
+    /// Each record's name (for messages) and bytes.
+    fn read_records(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut out = Vec::new();
+        if let Some(b) = &self.bucket {
+            for listed in b.list("snapshots")? {
+                if !listed.key.ends_with(".json") {
+                    continue;
+                }
+                // Gone since the listing: deleted by another host.
+                if let Some(v) = b.get(&listed.key)? {
+                    out.push((listed.key, v.bytes));
+                }
+            }
+            return Ok(out);
+        }
+        let dir = self.root.join("snapshots");
         for entry in
             fs::read_dir(&dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?
         {
@@ -295,31 +597,22 @@ impl Repo {
             if path.extension().is_none_or(|e| e != "json") {
                 continue;
             }
-            let data =
-                fs::read(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-            let mut rec: Record = serde_json::from_slice(&data).map_err(|e| {
-                Error::environment(format!("{} is not a snapshot record: {e}", path.display()))
-            })?;
-            if matches!(rec.state, State::Running | State::Queued)
-                && !rec.pid.is_some_and(|p| crate::sys::process_alive(p as i32))
-            {
-                rec.state = State::Failed;
-                rec.status_message = Some(
-                    "interrupted: the process making this snapshot died before finishing"
-                        .to_string(),
-                );
-                if repair {
-                    self.remove_partials(&rec.id)?;
-                    self.save(&rec)?;
-                }
-            }
-            out.push(rec);
+            let data = read_file(&path)?;
+            out.push((path.display().to_string(), data));
         }
-        out.sort_by_key(|r| r.created_on);
         Ok(out)
     }
 
     fn remove_partials(&self, id: &str) -> Result<()> {
+        if let Some(b) = &self.bucket {
+            // A crashed create's archive is visible only if its upload completed.
+            for listed in b.list("archives")? {
+                if listed.key.starts_with(&format!("archives/{id}.")) {
+                    b.delete(&listed.key)?;
+                }
+            }
+            return Ok(());
+        }
         let dir = self.root.join("archives");
         for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -368,14 +661,23 @@ impl Repo {
     }
 
     pub(crate) fn set_comment(&self, id: &str, comment: &str) -> Result<Record> {
-        let _lock = self.lock()?;
-        let mut rec = self.get(id, Tz::UTC)?;
-        rec.comment = Some(comment.to_string());
-        self.save(&rec)?;
-        Ok(rec)
+        let id = self.get(id, Tz::UTC)?.id;
+        self.update(&id, |rec| {
+            rec.comment = Some(comment.to_string());
+            Ok(())
+        })
     }
 
     fn delete_unlocked(&self, rec: &Record) -> Result<()> {
+        if let Some(b) = &self.bucket {
+            // The record first: it is what makes a snapshot exist; an archive left by a crash
+            // between the two is swept by the next prune.
+            b.delete(&Self::record_key(&rec.id))?;
+            if let Some(a) = &rec.archive {
+                b.delete(&format!("archives/{a}"))?;
+            }
+            return self.remove_partials(&rec.id);
+        }
         if let Some(path) = self.archive_path(rec) {
             match fs::remove_file(&path) {
                 Ok(()) => {}
@@ -402,6 +704,37 @@ impl Repo {
         Ok(rec)
     }
 
+    /// Archives no record names (left by a crash between removing a record and its archive).
+    /// Listed before the records: a create writes its record before its upload starts, so an
+    /// archive seen here whose record is missing below is really an orphan.
+    fn sweep_orphans(&self) -> Result<()> {
+        let Some(b) = &self.bucket else {
+            return Ok(());
+        };
+        let archives = b.list("archives")?;
+        let ids: std::collections::HashSet<String> = b
+            .list("snapshots")?
+            .into_iter()
+            .filter_map(|l| {
+                l.key
+                    .strip_prefix("snapshots/")
+                    .and_then(|k| k.strip_suffix(".json"))
+                    .map(str::to_string)
+            })
+            .collect();
+        for a in archives {
+            let id = a
+                .key
+                .strip_prefix("archives/")
+                .and_then(|n| n.split('.').next())
+                .unwrap_or_default();
+            if !ids.contains(id) {
+                b.delete(&a.key)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The retention schedule at `now`: every snapshot (of `environment`) with its decision;
     /// unless `dry_run`, the expired ones are deleted (and crashed ones' records repaired).
     pub(crate) fn prune(
@@ -412,6 +745,9 @@ impl Repo {
         dry_run: bool,
     ) -> Result<Vec<(Record, Decision)>> {
         let _lock = self.lock()?;
+        if !dry_run {
+            self.sweep_orphans()?;
+        }
         let all = self.load_all(!dry_run)?;
         // Each environment has its own schedule.
         let mut out = Vec::new();
@@ -434,6 +770,15 @@ impl Repo {
         out.sort_by_key(|(r, _)| r.created_on);
         Ok(out)
     }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))
+}
+
+fn read_record(name: &str, data: &[u8]) -> Result<Record> {
+    serde_json::from_slice(data)
+        .map_err(|e| Error::environment(format!("{name} is not a snapshot record: {e}")))
 }
 
 fn current_user() -> String {

@@ -77,8 +77,7 @@ impl CreatePlan {
     pub fn record_queued(&self) -> Result<Record> {
         let repo = Repo::open(&self.req.repo, true)?;
         let rec = new_record(&self.req, &self.id, State::Queued, "queued");
-        let _lock = repo.lock()?;
-        repo.save(&rec)?;
+        repo.save_new(&rec)?;
         Ok(rec)
     }
 
@@ -123,6 +122,8 @@ fn new_record(req: &SnapshotRequest, id: &str, state: State, message: &str) -> R
         database_bytes: None,
         file_count: None,
         pid: Some(std::process::id()),
+        host: Some(super::host_name()),
+        heartbeat_on: Some(Utc::now()),
         encrypted_to: None,
     }
 }
@@ -140,7 +141,8 @@ fn kind_of(req: &SnapshotRequest) -> Kind {
 /// records it.
 pub fn plan_create(req: SnapshotRequest) -> Result<CreatePlan> {
     check_environment(&req.environment)?;
-    if !Repo::exists(&req.repo) && req.repo.exists() && !req.repo.is_dir() {
+    let in_bucket = req.repo.to_str().is_some_and(crate::objstore::is_s3);
+    if !in_bucket && !Repo::exists(&req.repo) && req.repo.exists() && !req.repo.is_dir() {
         return Err(crate::Error::usage(format!(
             "{} is not a directory",
             req.repo.display()
@@ -148,8 +150,14 @@ pub fn plan_create(req: SnapshotRequest) -> Result<CreatePlan> {
     }
     let id = uuid::Uuid::new_v4().to_string();
     // A catalogue set to encrypt seals every snapshot to its recipients.
-    let encrypt_to = if Repo::exists(&req.repo) {
-        Repo::open(&req.repo, false)?.config()?.encrypt_to
+    // (An object store is asked here too: its credentials and bucket are checked before a
+    // record is made.)
+    let encrypt_to = if in_bucket || Repo::exists(&req.repo) {
+        match Repo::open(&req.repo, false) {
+            Ok(repo) => repo.config()?.encrypt_to,
+            Err(e) if in_bucket && e.kind() == crate::error::ErrorKind::Usage => Vec::new(),
+            Err(e) => return Err(e),
+        }
     } else {
         Vec::new()
     };
@@ -171,7 +179,12 @@ pub fn plan_create(req: SnapshotRequest) -> Result<CreatePlan> {
         encrypt,
         ..CreateOptions::new(
             Variant::Full,
-            Output::Path(req.repo.join("archives").join(&archive)),
+            if in_bucket {
+                // The multipart upload starts only when the create does.
+                Output::Writer(Box::new(std::io::sink()))
+            } else {
+                Output::Path(req.repo.join("archives").join(&archive))
+            },
         )
     });
     Ok(CreatePlan {
@@ -197,14 +210,29 @@ pub fn execute_create(
     } = plan;
     let repo = Repo::open(&req.repo, true)?;
     let mut rec = new_record(&req, &id, State::Running, "creating the snapshot");
-    {
-        let _lock = repo.lock()?;
-        repo.save(&rec)?;
-    }
-    let result = create.and_then(|plan| create::execute(plan, progress, cancel));
+    repo.upsert(&rec)?;
+    let beat = repo
+        .is_object_store()
+        .then(|| Heartbeat::start(repo.clone(), id.clone()));
+    let result = create.and_then(|plan| {
+        let (plan, upload) = if repo.is_object_store() {
+            let (output, upload) = repo.archive_output(&archive)?;
+            (plan.with_output(output), upload)
+        } else {
+            (plan, None)
+        };
+        let report = create::execute(plan, progress, cancel)?;
+        if let Some(upload) = upload {
+            // Only now does the archive appear, whole.
+            upload.finish()?;
+        }
+        Ok(report)
+    });
+    drop(beat);
     let _lock = repo.lock()?;
     rec.finished_on = Some(Utc::now());
     rec.pid = None;
+    rec.heartbeat_on = None;
     match result {
         Ok(report) => {
             rec.state = State::Completed;
@@ -227,14 +255,57 @@ pub fn execute_create(
             rec.expires_on = retention::evaluate(&snaps, Utc::now(), req.tz)
                 .pop()
                 .and_then(|d| d.expires);
-            repo.save(&rec)?;
+            drop(_lock);
+            repo.upsert(&rec)?;
             Ok(rec)
         }
         Err(e) => {
             rec.state = State::Failed;
             rec.status_message = Some(format!("{e}"));
-            repo.save(&rec)?;
+            drop(_lock);
+            // The create's own error is the one to tell; a record that cannot be written now
+            // (the store is gone) stays Running with a dead maker, and is read as Failed.
+            let _ = repo.upsert(&rec);
             Err(e)
+        }
+    }
+}
+
+/// Renews a Running record's heartbeat in an object-store catalogue until dropped, so other
+/// hosts can tell a long create from a crashed one.
+struct Heartbeat {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    fn start(repo: Repo, id: String) -> Heartbeat {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let every = super::heartbeat_every();
+        let thread = std::thread::spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every)
+            {
+                // A failed beat is retried at the next; only a long run of them matters.
+                let _ = repo.update(&id, |rec| {
+                    if rec.state == State::Running {
+                        rec.heartbeat_on = Some(Utc::now());
+                    }
+                    Ok(())
+                });
+            }
+        });
+        Heartbeat {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
@@ -252,7 +323,7 @@ pub struct DownloadPlan {
     rec: Record,
     keys: Keys,
     variant: Variant,
-    source: PathBuf,
+    source: super::Stored,
     /// The final name of the file written; `None` for a writer.
     target: Option<PathBuf>,
     writer: Option<Box<dyn Write + Send>>,
@@ -286,7 +357,7 @@ impl DownloadPlan {
         DownloadPlanView {
             snapshot_id: self.rec.id.clone(),
             variant: self.variant,
-            source: self.source.clone(),
+            source: PathBuf::from(self.source.name()),
             output: self.target.clone(),
             steps: vec![step],
         }
@@ -309,7 +380,7 @@ pub fn plan_download(
 ) -> Result<DownloadPlan> {
     let repo = Repo::open(repo, false)?;
     let rec = repo.get(id, Tz::UTC)?;
-    let source = repo.completed_archive(&rec, "there is nothing to download")?;
+    let source = repo.completed(&rec, "there is nothing to download")?;
     if rec.encrypted_to.is_some() && variant != Variant::Full && keys.is_empty() {
         return Err(crate::Error::usage(format!(
             "snapshot {} is encrypted: a {variant} download must decrypt it, and no key was given",

@@ -130,6 +130,19 @@ pub struct Plan {
     target: Option<PathBuf>,
 }
 
+impl Plan {
+    /// The same create, written to `output` instead (an object-store upload started only
+    /// once the create runs).
+    pub fn with_output(mut self, output: Output) -> Plan {
+        self.target = match &output {
+            Output::Writer(_) => None,
+            Output::Path(p) => Some(p.clone()),
+        };
+        self.opts.output = output;
+        self
+    }
+}
+
 /// What a create will do: the dry run.
 #[derive(Debug, Clone, Serialize)]
 pub struct PlanView {

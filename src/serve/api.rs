@@ -458,12 +458,13 @@ pub(super) fn start_restore(
     let ticket = claim(svc, env)?;
     let repo = Repo::open(&svc.config.repo, false).map_err(ApiError::from_lib)?;
     let archive = repo
-        .completed_archive(rec, "there is nothing to restore")
+        .completed(rec, "there is nothing to restore")
+        .and_then(|a| a.into_source())
         .map_err(ApiError::from_lib)?;
     let plan = plan_restore(
         svc,
         env,
-        crate::source::Source::File(archive),
+        archive,
         db_only.then_some(Variant::Database),
         false,
     )?;

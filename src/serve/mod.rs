@@ -117,6 +117,14 @@ async fn fallback(uri: Uri) -> Response {
 /// on, serves, and on the cancel stops taking work, cancels running jobs (a restore leaves its
 /// target as it was) and waits for them.
 pub fn run(config: Config, cancel: Cancel, log: Log, ready: impl FnOnce(SocketAddr)) -> Result<()> {
+    if config.repo.to_str().is_some_and(crate::objstore::is_s3) {
+        return Err(Error::usage(format!(
+            "{}: the service keeps its jobs and prepared downloads beside a directory \
+             catalogue, and does not serve an object-store one yet",
+            config.repo.display()
+        ))
+        .with_hint("serve a directory catalogue; copy snapshots between the two with the CLI"));
+    }
     // Made when missing, refused when the directory is something else.
     crate::catalog::Repo::open(&config.repo, true)?;
     let serve_dir = config.repo.join("serve");

@@ -9,6 +9,7 @@ mod cli;
 mod create;
 mod crypt;
 mod foreign;
+mod objstore;
 mod operations;
 mod prepare;
 mod remote;

@@ -10,7 +10,6 @@ use crate::cli::args::SnapshotsAction as A;
 use crate::cli::ui::{self, Reporter, human, local_time, parse_tz};
 use mxsnap::catalog::ops::{self, DownloadTo, SnapshotRequest};
 use mxsnap::catalog::{Record, Repo};
-use mxsnap::source::Source;
 
 pub fn run(action: &A, quiet: bool) -> anyhow::Result<()> {
     let cancel = ui::interrupt_cancel();
@@ -226,8 +225,8 @@ pub fn run(action: &A, quiet: bool) -> anyhow::Result<()> {
         A::Restore { repo, id, target } => {
             let store = Repo::open(&repo.repo, false)?;
             let rec = store.get(id, Tz::UTC)?;
-            let archive = store.completed_archive(&rec, "it cannot be restored")?;
-            crate::cli::commands::restore::run(target, Source::File(archive), quiet)?;
+            let archive = store.completed(&rec, "it cannot be restored")?;
+            crate::cli::commands::restore::run(target, archive.into_source()?, quiet)?;
         }
         A::Prune {
             repo,

@@ -1,0 +1,399 @@
+//! The catalogue in an object store (`--repo s3://bucket/prefix`), against a real
+//! S3-protocol server: moto's, started on a free loopback port (`.ci/run` installs it).
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::{Db, tree_hashes};
+use crate::support::*;
+
+/// A moto S3 server on 127.0.0.1, stopped when dropped.
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Moto {
+    fn start() -> Moto {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server (pip install \"moto[server]\"; .ci/run installs it)");
+        let moto = Moto { child, port };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while ureq::get(&moto.url("/")).call().is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        moto
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.url("")),
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("MXSNAP_S3_RETRY_SECS", "3".into()),
+        ]
+    }
+
+    fn make_bucket(&self, name: &str) {
+        ureq::put(&self.url(&format!("/{name}")))
+            .send_empty()
+            .expect("making a bucket");
+    }
+
+    /// Every key in `bucket`, as the server lists them.
+    fn keys(&self, bucket: &str) -> Vec<String> {
+        let body = ureq::get(&self.url(&format!("/{bucket}?list-type=2")))
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap();
+        let mut keys: Vec<String> = body
+            .split("<Key>")
+            .skip(1)
+            .map(|s| s.split("</Key>").next().unwrap().to_string())
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
+        ureq::get(&self.url(&format!("/{bucket}/{key}")))
+            .call()
+            .unwrap()
+            .into_body()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_vec()
+            .unwrap()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run_in(moto: &Moto, args: &[&str]) -> Run {
+    let mut cmd = mxsnap_cmd(args);
+    cmd.envs(moto.env());
+    finish(cmd.output().unwrap())
+}
+
+fn create_cmd(moto: &Moto, repo: &str, db: &Db, env: &str, extra: &[&str]) -> Command {
+    let url = db.url();
+    let store = store();
+    let mut args = vec![
+        "snapshots",
+        "create",
+        "--repo",
+        repo,
+        "--env",
+        env,
+        "--database",
+        &url,
+        "--files",
+        store.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let mut cmd = mxsnap_cmd(&args);
+    cmd.envs(moto.env());
+    cmd
+}
+
+fn create_in(moto: &Moto, repo: &str, db: &Db, env: &str, extra: &[&str]) -> String {
+    let run = finish(create_cmd(moto, repo, db, env, extra).output().unwrap());
+    ok(run).stdout.trim().to_string()
+}
+
+fn list_in(moto: &Moto, repo: &str) -> Vec<serde_json::Value> {
+    ok(run_in(moto, &["snapshots", "list", "--repo", repo, "--json"]))
+        .json()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn an_object_store_catalogue_round_trips_every_variant() {
+    let moto = Moto::start();
+    moto.make_bucket("team");
+    let repo = "s3://team/apps/shop";
+    let db = Db::with_fixture("s3rt");
+    let id = create_in(&moto, repo, &db, "Production", &["--comment", "first"]);
+
+    // Records and archives are objects under the prefix; nothing else is written.
+    let keys = moto.keys("team");
+    assert_eq!(
+        keys,
+        [
+            format!("apps/shop/archives/{id}.tar.gz"),
+            "apps/shop/mxsnap-repo.json".to_string(),
+            format!("apps/shop/snapshots/{id}.json"),
+        ]
+    );
+    // The stored archive is an ordinary one: GNU tar reads it.
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("raw.tar.gz");
+    std::fs::write(&raw, moto.get("team", &format!("apps/shop/archives/{id}.tar.gz"))).unwrap();
+    tool_ok("tar", &["-tzf", raw.to_str().unwrap()]);
+
+    let items = list_in(&moto, repo);
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["SnapshotID"], id.as_str());
+    assert_eq!(items[0]["State"], "Completed");
+    assert_eq!(items[0]["Comment"], "first");
+
+    ok(run_in(
+        &moto,
+        &["snapshots", "comment", "--repo", repo, &id, "second"],
+    ));
+    assert_eq!(list_in(&moto, repo)[0]["Comment"], "second");
+
+    // Each download variant streams out of the store and verifies.
+    for variant in ["full", "database", "files"] {
+        let out = dir.path().join(variant);
+        std::fs::create_dir(&out).unwrap();
+        ok(run_in(
+            &moto,
+            &[
+                "snapshots",
+                "download",
+                "--repo",
+                repo,
+                &id,
+                "--variant",
+                variant,
+                "--output",
+                out.to_str().unwrap(),
+            ],
+        ));
+        let file = std::fs::read_dir(&out).unwrap().next().unwrap().unwrap().path();
+        ok(mxsnap(&["verify", file.to_str().unwrap()]));
+    }
+
+    // Restore into another environment, straight from the store.
+    let target = Db::new("s3rt_target");
+    let target_files = dir.path().join("target/files");
+    let url = target.url();
+    ok(run_in(
+        &moto,
+        &[
+            "snapshots",
+            "restore",
+            "--repo",
+            repo,
+            &id,
+            "--database",
+            &url,
+            "--files",
+            target_files.to_str().unwrap(),
+            "--yes",
+        ],
+    ));
+    assert_eq!(target.checksums(), db.checksums());
+    assert_eq!(tree_hashes(&target_files), tree_hashes(&store()));
+
+    ok(run_in(&moto, &["snapshots", "delete", "--repo", repo, &id]));
+    assert!(list_in(&moto, repo).is_empty());
+    assert_eq!(moto.keys("team"), ["apps/shop/mxsnap-repo.json"]);
+}
+
+#[test]
+fn hosts_racing_on_one_object_store_catalogue_lose_nothing() {
+    let moto = Moto::start();
+    moto.make_bucket("race");
+    let repo = "s3://race/cat";
+    let db = Db::with_fixture("s3race");
+    let first = create_in(&moto, repo, &db, "Test", &[]);
+
+    // Eight processes at once: five creates, two prunes and one run of comments on the
+    // snapshot that exists (each comment a compare-and-swap against the others' writes).
+    let mut children: Vec<Child> = (0..5)
+        .map(|i| {
+            create_cmd(&moto, repo, &db, "Test", &["--comment", &format!("racer {i}")])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for _ in 0..2 {
+        let mut cmd = mxsnap_cmd(&["snapshots", "prune", "--repo", repo]);
+        cmd.envs(moto.env());
+        children.push(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
+    }
+    let commenter = {
+        let repo = repo.to_string();
+        let first = first.clone();
+        let env = moto.env();
+        std::thread::spawn(move || {
+            for i in 0..5 {
+                let mut cmd = mxsnap_cmd(&[
+                    "snapshots",
+                    "comment",
+                    "--repo",
+                    &repo,
+                    &first,
+                    &format!("note {i}"),
+                ]);
+                cmd.envs(env.clone());
+                ok(finish(cmd.output().unwrap()));
+            }
+        })
+    };
+    let mut made = vec![first.clone()];
+    for (i, child) in children.into_iter().enumerate() {
+        let run = finish(child.wait_with_output().unwrap());
+        let run = ok(run);
+        if i < 5 {
+            made.push(run.stdout.trim().to_string());
+        }
+    }
+    commenter.join().unwrap();
+
+    let items = list_in(&moto, repo);
+    let mut listed: Vec<String> = items
+        .iter()
+        .map(|r| r["SnapshotID"].as_str().unwrap().to_string())
+        .collect();
+    listed.sort();
+    made.sort();
+    assert_eq!(listed, made, "exactly the snapshots made, none lost or pruned");
+    for item in &items {
+        assert_eq!(item["State"], "Completed", "{item}");
+        let id = item["SnapshotID"].as_str().unwrap();
+        if id == first {
+            assert_eq!(item["Comment"], "note 4", "the last comment stands");
+        } else {
+            assert!(item["Comment"].as_str().unwrap().starts_with("racer "));
+        }
+    }
+    // Every archive is whole: one per record, and each restores as a stream would (verify).
+    let keys = moto.keys("race");
+    assert_eq!(
+        keys.iter().filter(|k| k.starts_with("cat/archives/")).count(),
+        6
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for id in &made {
+        let out = dir.path().join(format!("{id}.tar.gz"));
+        ok(run_in(
+            &moto,
+            &[
+                "snapshots",
+                "download",
+                "--repo",
+                repo,
+                id,
+                "--output",
+                out.to_str().unwrap(),
+            ],
+        ));
+        ok(mxsnap(&["verify", out.to_str().unwrap()]));
+    }
+}
+
+#[test]
+fn a_create_killed_mid_upload_leaves_nothing_completed_and_prune_cleans_up() {
+    let moto = Moto::start();
+    moto.make_bucket("crash");
+    let repo = "s3://crash/c";
+    let db = Db::with_fixture("s3crash");
+    let run = finish(
+        create_cmd(&moto, repo, &db, "Test", &[])
+            .env("MXSNAP_CRASH_AT", "create-writing")
+            .output()
+            .unwrap(),
+    );
+    assert_ne!(run.code, 0);
+    let items = list_in(&moto, repo);
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["State"], "Failed", "a dead maker is read as Failed");
+    assert!(
+        !moto.keys("crash").iter().any(|k| k.contains("/archives/")),
+        "an unfinished upload is not an archive"
+    );
+    ok(run_in(&moto, &["snapshots", "prune", "--repo", repo]));
+    let id = items[0]["SnapshotID"].as_str().unwrap();
+    let rec: serde_json::Value =
+        serde_json::from_slice(&moto.get("crash", &format!("c/snapshots/{id}.json"))).unwrap();
+    assert_eq!(rec["state"], "Failed");
+    assert!(rec["status_message"].as_str().unwrap().contains("interrupted"));
+}
+
+#[test]
+fn the_object_store_going_away_mid_create_is_a_clear_error() {
+    let mut moto = Moto::start();
+    moto.make_bucket("gone");
+    let db = Db::with_fixture("s3gone");
+    let child = create_cmd(&moto, "s3://gone/c", &db, "Test", &[])
+        .env("MXSNAP_PAUSE_AT", "create-writing")
+        .env("MXSNAP_PAUSE_MS", "3000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    moto.child.kill().unwrap();
+    moto.child.wait().unwrap();
+    let started = Instant::now();
+    let run = finish(child.wait_with_output().unwrap());
+    assert_ne!(run.code, 0, "{}", run.stdout);
+    assert!(
+        run.stderr.contains("127.0.0.1") || run.stderr.contains("upload"),
+        "{}",
+        run.stderr
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn a_missing_bucket_or_no_server_is_a_clear_error_with_the_fix() {
+    let moto = Moto::start();
+    let db = Db::with_fixture("s3nob");
+    let run = finish(
+        create_cmd(&moto, "s3://no-such-bucket/x", &db, "Test", &[])
+            .output()
+            .unwrap(),
+    );
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("bucket"), "{}", run.stderr);
+    assert!(run.stderr.contains("does not exist"), "{}", run.stderr);
+    assert!(!run.stderr.contains("testing"), "no credentials in messages");
+
+    let run = run_in(&moto, &["snapshots", "list", "--repo", "s3://no-such-bucket/x"]);
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("does not exist"), "{}", run.stderr);
+
+    // Nothing listening: a clear error, soon.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut cmd = mxsnap_cmd(&["snapshots", "list", "--repo", "s3://team/x"]);
+    cmd.envs(moto.env())
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"));
+    let started = Instant::now();
+    let run = finish(cmd.output().unwrap());
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("cannot be reached"), "{}", run.stderr);
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
