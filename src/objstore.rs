@@ -164,7 +164,7 @@ impl Bucket {
                 bytes: bytes.to_vec(),
                 etag,
             })),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e @ object_store::Error::NotFound { .. }) if !no_bucket(&e) => Ok(None),
             Err(e) => Err(self.fail("reading", key, e)),
         }
     }
@@ -196,6 +196,9 @@ impl Bucket {
         };
         match run(async move { store.put_opts(&path, bytes.into(), opts).await }) {
             Ok(_) => Ok(true),
+            Err(e @ object_store::Error::NotFound { .. }) if no_bucket(&e) => {
+                Err(self.fail("writing", key, e))
+            }
             Err(object_store::Error::AlreadyExists { .. })
             | Err(object_store::Error::Precondition { .. })
             | Err(object_store::Error::NotFound { .. }) => Ok(false),
@@ -208,6 +211,9 @@ impl Bucket {
         let store = self.store.clone();
         let path = self.path(key);
         match run(async move { store.delete(&path).await }) {
+            Err(e @ object_store::Error::NotFound { .. }) if no_bucket(&e) => {
+                Err(self.fail("removing", key, e))
+            }
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.fail("removing", key, e)),
         }
@@ -273,7 +279,7 @@ impl Bucket {
             chunk: Bytes::new(),
         };
         reader.connect().map_err(|e| match e {
-            object_store::Error::NotFound { .. } => {
+            object_store::Error::NotFound { .. } if !no_bucket(&e) => {
                 Error::environment(format!("{}: no such object", reader.name))
             }
             e => failure(&self.url(), "reading", key, e),
@@ -282,10 +288,35 @@ impl Bucket {
     }
 }
 
+/// An error's message with its causes' (where the server's words and the transport's are).
+fn full_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Whether a "not found" is of the bucket rather than of an object in it.
+fn no_bucket(e: &object_store::Error) -> bool {
+    full_text(e).contains("NoSuchBucket")
+}
+
 /// A clear error for a failed call, with the fix where the cause is known.
 fn failure(url: &str, what: &str, key: &str, e: object_store::Error) -> Error {
-    let text = e.to_string();
-    let err = Error::environment(format!("{what} {url}/{key}: {text}"));
+    let text = full_text(&e);
+    let summary = if text.contains("NoSuchBucket") {
+        "the bucket does not exist".to_string()
+    } else {
+        text.clone()
+    };
+    let err = Error::environment(format!("{what} {url}/{key}: {summary}"));
     if text.contains("NoSuchBucket") || text.contains("bucket does not exist") {
         err.with_hint(format!(
             "the bucket of {url} does not exist: make it, or give another with --repo"
@@ -299,7 +330,11 @@ fn failure(url: &str, what: &str, key: &str, e: object_store::Error) -> Error {
             "the object store refused the credentials: check AWS_ACCESS_KEY_ID and \
              AWS_SECRET_ACCESS_KEY (and AWS_REGION)",
         )
-    } else if text.contains("connect") || text.contains("Connection refused") {
+    } else if text.contains("connect")
+        || text.contains("Connection refused")
+        || text.contains("error sending request")
+        || text.contains("dns error")
+    {
         err.with_hint(
             "the object store cannot be reached: check AWS_ENDPOINT_URL and the network",
         )

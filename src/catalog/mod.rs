@@ -482,7 +482,13 @@ impl Repo {
         if let Some(b) = &self.bucket {
             // Last writer wins, as with the directory's lock: settings are not merged.
             loop {
-                let etag = b.get(MARKER)?.map(|v| v.etag).unwrap_or_default();
+                let Some(current) = b.get(MARKER)? else {
+                    return Err(Error::environment(format!(
+                        "{}/{MARKER} is gone: the catalogue was removed",
+                        b.url()
+                    )));
+                };
+                let etag = current.etag;
                 if b.replace(MARKER, encode(MARKER, &marker(config))?, &etag)? {
                     return Ok(());
                 }
