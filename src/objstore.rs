@@ -16,10 +16,10 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjPath;
 use object_store::{
-    GetOptions, GetRange, MultipartUpload, ObjectStore, PutMode, PutOptions, PutPayload,
-    UpdateVersion,
+    GetOptions, GetRange, ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion,
 };
 
 use crate::error::{Error, Result};
@@ -252,17 +252,37 @@ impl Bucket {
     pub fn upload(&self, key: &str) -> Result<Upload> {
         let store = self.store.clone();
         let path = self.path(key);
-        let upload = run(async move { store.put_multipart(&path).await })
-            .map_err(|e| self.fail("starting the upload of", key, e))?;
+        let id = {
+            let (store, path) = (store.clone(), path.clone());
+            run(async move { store.create_multipart(&path).await })
+                .map_err(|e| self.fail("starting the upload of", key, e))?
+        };
         Ok(Upload {
             shared: Arc::new(std::sync::Mutex::new(UploadState {
-                upload: Some(upload),
+                store,
+                path,
+                id: Some(id),
                 buffer: Vec::with_capacity(PART_BYTES),
+                parts: Vec::new(),
                 in_flight: std::collections::VecDeque::new(),
                 failed: None,
                 what: format!("{}/{key}", self.url()),
             })),
         })
+    }
+
+    /// Aborts the multipart upload `id` to `key` (one a crashed create left); one already
+    /// completed or aborted is not an error.
+    pub fn abort_upload(&self, key: &str, id: &str) -> Result<()> {
+        let store = self.store.clone();
+        let path = self.path(key);
+        let id = id.to_string();
+        match run(async move { store.abort_multipart(&path, &id).await }) {
+            Ok(()) => Ok(()),
+            Err(e @ object_store::Error::NotFound { .. }) if !no_bucket(&e) => Ok(()),
+            Err(e) if full_text(&e).contains("NoSuchUpload") => Ok(()),
+            Err(e) => Err(self.fail("aborting the upload of", key, e)),
+        }
     }
 
     /// A reader of the object at `key` from its start, resuming after a dropped connection
@@ -335,34 +355,36 @@ fn failure(url: &str, what: &str, key: &str, e: object_store::Error) -> Error {
         || text.contains("error sending request")
         || text.contains("dns error")
     {
-        err.with_hint(
-            "the object store cannot be reached: check AWS_ENDPOINT_URL and the network",
-        )
+        err.with_hint("the object store cannot be reached: check AWS_ENDPOINT_URL and the network")
     } else {
         err
     }
 }
 
 struct UploadState {
-    upload: Option<Box<dyn MultipartUpload>>,
+    store: Arc<AmazonS3>,
+    path: ObjPath,
+    /// The multipart upload's id; `None` once it is completed or aborted.
+    id: Option<String>,
     buffer: Vec<u8>,
-    in_flight: std::collections::VecDeque<mpsc::Receiver<object_store::Result<()>>>,
+    parts: Vec<Option<PartId>>,
+    in_flight: std::collections::VecDeque<(usize, mpsc::Receiver<object_store::Result<PartId>>)>,
     failed: Option<String>,
     what: String,
 }
 
 impl UploadState {
     fn fail(&mut self, e: object_store::Error) -> io::Error {
-        let msg = format!("uploading {}: {e}", self.what);
+        let msg = format!("uploading {}: {}", self.what, full_text(&e));
         self.failed = Some(msg.clone());
         io::Error::other(msg)
     }
 
     /// Waits for the oldest part in flight.
     fn wait_one(&mut self) -> io::Result<()> {
-        if let Some(rx) = self.in_flight.pop_front() {
+        if let Some((index, rx)) = self.in_flight.pop_front() {
             match rx.recv() {
-                Ok(Ok(())) => {}
+                Ok(Ok(part)) => self.parts[index] = Some(part),
                 Ok(Err(e)) => return Err(self.fail(e)),
                 Err(_) => {
                     return Err(self.fail(object_store::Error::Generic {
@@ -380,18 +402,34 @@ impl UploadState {
         while self.in_flight.len() >= PARTS_IN_FLIGHT {
             self.wait_one()?;
         }
-        let data = std::mem::replace(&mut self.buffer, Vec::with_capacity(PART_BYTES));
-        let upload = self
-            .upload
-            .as_mut()
+        let id = self
+            .id
+            .clone()
             .ok_or_else(|| io::Error::other("the upload is over"))?;
-        let part = upload.put_part(PutPayload::from(data));
+        let data = std::mem::replace(&mut self.buffer, Vec::with_capacity(PART_BYTES));
+        let index = self.parts.len();
+        self.parts.push(None);
+        let (store, path) = (self.store.clone(), self.path.clone());
         let (tx, rx) = mpsc::sync_channel(1);
         runtime().spawn(async move {
-            let _ = tx.send(part.await);
+            let _ = tx.send(
+                store
+                    .put_part(&path, &id, index, PutPayload::from(data))
+                    .await,
+            );
         });
-        self.in_flight.push_back(rx);
+        self.in_flight.push_back((index, rx));
         Ok(())
+    }
+
+    fn abort(&mut self) {
+        while !self.in_flight.is_empty() {
+            let _ = self.wait_one();
+        }
+        if let Some(id) = self.id.take() {
+            let (store, path) = (self.store.clone(), self.path.clone());
+            let _ = run(async move { store.abort_multipart(&path, &id).await });
+        }
     }
 }
 
@@ -422,6 +460,12 @@ impl Write for Upload {
 }
 
 impl Upload {
+    /// The object store's id of this upload: recorded, so that a crash's unfinished upload
+    /// can be aborted later by whoever finds it.
+    pub fn id(&self) -> String {
+        self.shared.lock().unwrap().id.clone().unwrap_or_default()
+    }
+
     /// Sends what is left and completes the upload: the object appears whole, or not at all.
     pub fn finish(&self) -> Result<()> {
         let mut st = self.shared.lock().unwrap();
@@ -430,36 +474,35 @@ impl Upload {
         if let Some(msg) = &st.failed {
             return Err(Error::environment(msg.clone()));
         }
-        if !st.buffer.is_empty() || st.in_flight.is_empty() {
+        if !st.buffer.is_empty() || st.parts.is_empty() {
             // An empty object still needs one (empty) part.
             st.send_part().map_err(io_err)?;
         }
         while !st.in_flight.is_empty() {
             st.wait_one().map_err(io_err)?;
         }
-        let mut upload = st.upload.take().expect("finished twice");
-        run(async move { upload.complete().await })
-            .map_err(|e| Error::environment(format!("completing the upload of {what}: {e}")))?;
+        let parts: Vec<PartId> = st.parts.iter().map(|p| p.clone().expect("sent")).collect();
+        let id = st.id.clone().expect("finished twice");
+        let (store, path) = (st.store.clone(), st.path.clone());
+        run(async move { store.complete_multipart(&path, &id, parts).await }).map_err(|e| {
+            Error::environment(format!(
+                "completing the upload of {what}: {}",
+                full_text(&e)
+            ))
+        })?;
+        st.id = None;
         Ok(())
     }
 
     /// Gives the upload up (its parts are removed); also done when the last clone drops.
     pub fn abort(&self) {
-        let mut st = self.shared.lock().unwrap();
-        while !st.in_flight.is_empty() {
-            let _ = st.wait_one();
-        }
-        if let Some(mut upload) = st.upload.take() {
-            let _ = run(async move { upload.abort().await });
-        }
+        self.shared.lock().unwrap().abort();
     }
 }
 
 impl Drop for UploadState {
     fn drop(&mut self) {
-        if let Some(mut upload) = self.upload.take() {
-            let _ = run(async move { upload.abort().await });
-        }
+        self.abort();
     }
 }
 

@@ -55,9 +55,22 @@ pub struct Record {
     /// alive; other hosts judge it crashed when this grows old.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_on: Option<DateTime<Utc>>,
+    /// The id of the multipart upload a Running snapshot's archive is streaming into (an
+    /// object-store catalogue): whoever finds the maker crashed aborts it, so its parts do not
+    /// stay behind, unseen and billed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<PendingUpload>,
     /// The age public keys the archive is encrypted to; `None` when it is not encrypted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encrypted_to: Option<Vec<String>>,
+}
+
+/// A multipart upload under way: the object it will become (below the catalogue's prefix)
+/// and the store's id for it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PendingUpload {
+    pub key: String,
+    pub id: String,
 }
 
 /// What `mxsnap-repo.json` says: the format, and what is done to every new snapshot.
@@ -235,9 +248,11 @@ impl Stored {
     /// Its bytes from the start.
     pub fn open(&self) -> Result<Box<dyn std::io::Read + Send>> {
         match self {
-            Stored::File(p) => Ok(Box::new(
-                File::open(p).map_err(|e| Error::io(format!("opening {}", p.display()), e))?,
-            )),
+            Stored::File(p) => {
+                Ok(Box::new(File::open(p).map_err(|e| {
+                    Error::io(format!("opening {}", p.display()), e)
+                })?))
+            }
             Stored::Object { bucket, key } => Ok(Box::new(std::io::BufReader::with_capacity(
                 1 << 20,
                 bucket.reader(key)?,
@@ -262,7 +277,8 @@ fn is_bucket(root: &Path) -> bool {
 }
 
 fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec_pretty(value).map_err(|e| Error::environment(format!("encoding {what}: {e}")))
+    serde_json::to_vec_pretty(value)
+        .map_err(|e| Error::environment(format!("encoding {what}: {e}")))
 }
 
 fn marker(config: &RepoConfig) -> Marker {
@@ -557,13 +573,14 @@ impl Repo {
                         .to_string(),
                 );
                 if repair {
-                    self.remove_partials(&rec.id)?;
+                    self.remove_partials(&rec)?;
                     if self.bucket.is_some() {
                         // Only if it is still the crashed one: a beat since wins.
                         let _ = self.update(&rec.id, |cur| {
                             if Self::crashed(cur) {
                                 cur.state = State::Failed;
                                 cur.status_message = rec.status_message.clone();
+                                cur.upload = None;
                             }
                             Ok(())
                         });
@@ -609,8 +626,12 @@ impl Repo {
         Ok(out)
     }
 
-    fn remove_partials(&self, id: &str) -> Result<()> {
+    fn remove_partials(&self, rec: &Record) -> Result<()> {
+        let id = &rec.id;
         if let Some(b) = &self.bucket {
+            if let Some(upload) = &rec.upload {
+                b.abort_upload(&upload.key, &upload.id)?;
+            }
             // A crashed create's archive is visible only if its upload completed.
             for listed in b.list("archives")? {
                 if listed.key.starts_with(&format!("archives/{id}.")) {
@@ -682,7 +703,7 @@ impl Repo {
             if let Some(a) = &rec.archive {
                 b.delete(&format!("archives/{a}"))?;
             }
-            return self.remove_partials(&rec.id);
+            return self.remove_partials(rec);
         }
         if let Some(path) = self.archive_path(rec) {
             match fs::remove_file(&path) {
@@ -691,7 +712,7 @@ impl Repo {
                 Err(e) => return Err(Error::io(format!("removing {}", path.display()), e)),
             }
         }
-        self.remove_partials(&rec.id)?;
+        self.remove_partials(&rec)?;
         let path = self.record_path(&rec.id);
         fs::remove_file(&path).map_err(|e| Error::io(format!("removing {}", path.display()), e))
     }

@@ -124,6 +124,7 @@ fn new_record(req: &SnapshotRequest, id: &str, state: State, message: &str) -> R
         pid: Some(std::process::id()),
         host: Some(super::host_name()),
         heartbeat_on: Some(Utc::now()),
+        upload: None,
         encrypted_to: None,
     }
 }
@@ -217,6 +218,15 @@ pub fn execute_create(
     let result = create.and_then(|plan| {
         let (plan, upload) = if repo.is_object_store() {
             let (output, upload) = repo.archive_output(&archive)?;
+            if let Some(upload) = &upload {
+                // Recorded before a byte is sent: a crash from here on leaves an upload
+                // that the next prune can name and abort.
+                rec.upload = Some(super::PendingUpload {
+                    key: format!("archives/{archive}"),
+                    id: upload.id(),
+                });
+                repo.upsert(&rec)?;
+            }
             (plan.with_output(output), upload)
         } else {
             (plan, None)
@@ -233,6 +243,7 @@ pub fn execute_create(
     rec.finished_on = Some(Utc::now());
     rec.pid = None;
     rec.heartbeat_on = None;
+    rec.upload = None;
     match result {
         Ok(report) => {
             rec.state = State::Completed;

@@ -21,7 +21,13 @@ impl Moto {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new("moto_server")
+        // On PATH, or where .ci/run puts it.
+        let program = if Command::new("moto_server").arg("--help").output().is_ok() {
+            "moto_server".to_string()
+        } else {
+            "/opt/mxsnap-ci/moto/bin/moto_server".to_string()
+        };
+        let child = Command::new(program)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -73,6 +79,17 @@ impl Moto {
             .collect();
         keys.sort();
         keys
+    }
+
+    /// How many multipart uploads in `bucket` are neither completed nor aborted.
+    fn open_uploads(&self, bucket: &str) -> usize {
+        let body = ureq::get(&self.url(&format!("/{bucket}?uploads")))
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap();
+        body.matches("<UploadId>").count()
     }
 
     fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
@@ -127,11 +144,14 @@ fn create_in(moto: &Moto, repo: &str, db: &Db, env: &str, extra: &[&str]) -> Str
 }
 
 fn list_in(moto: &Moto, repo: &str) -> Vec<serde_json::Value> {
-    ok(run_in(moto, &["snapshots", "list", "--repo", repo, "--json"]))
-        .json()
-        .as_array()
-        .unwrap()
-        .clone()
+    ok(run_in(
+        moto,
+        &["snapshots", "list", "--repo", repo, "--json"],
+    ))
+    .json()
+    .as_array()
+    .unwrap()
+    .clone()
 }
 
 #[test]
@@ -155,7 +175,11 @@ fn an_object_store_catalogue_round_trips_every_variant() {
     // The stored archive is an ordinary one: GNU tar reads it.
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("raw.tar.gz");
-    std::fs::write(&raw, moto.get("team", &format!("apps/shop/archives/{id}.tar.gz"))).unwrap();
+    std::fs::write(
+        &raw,
+        moto.get("team", &format!("apps/shop/archives/{id}.tar.gz")),
+    )
+    .unwrap();
     tool_ok("tar", &["-tzf", raw.to_str().unwrap()]);
 
     let items = list_in(&moto, repo);
@@ -188,7 +212,12 @@ fn an_object_store_catalogue_round_trips_every_variant() {
                 out.to_str().unwrap(),
             ],
         ));
-        let file = std::fs::read_dir(&out).unwrap().next().unwrap().unwrap().path();
+        let file = std::fs::read_dir(&out)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
         ok(mxsnap(&["verify", file.to_str().unwrap()]));
     }
 
@@ -236,17 +265,28 @@ fn hosts_racing_on_one_object_store_catalogue_lose_nothing() {
     // snapshot that exists (each comment a compare-and-swap against the others' writes).
     let mut children: Vec<Child> = (0..5)
         .map(|i| {
-            create_cmd(&moto, repo, &db, "Test", &["--comment", &format!("racer {i}")])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
+            create_cmd(
+                &moto,
+                repo,
+                &db,
+                "Test",
+                &["--comment", &format!("racer {i}")],
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
         })
         .collect();
     for _ in 0..2 {
         let mut cmd = mxsnap_cmd(&["snapshots", "prune", "--repo", repo]);
         cmd.envs(moto.env());
-        children.push(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
+        children.push(
+            cmd.stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
     }
     let commenter = {
         let repo = repo.to_string();
@@ -284,7 +324,10 @@ fn hosts_racing_on_one_object_store_catalogue_lose_nothing() {
         .collect();
     listed.sort();
     made.sort();
-    assert_eq!(listed, made, "exactly the snapshots made, none lost or pruned");
+    assert_eq!(
+        listed, made,
+        "exactly the snapshots made, none lost or pruned"
+    );
     for item in &items {
         assert_eq!(item["State"], "Completed", "{item}");
         let id = item["SnapshotID"].as_str().unwrap();
@@ -297,7 +340,9 @@ fn hosts_racing_on_one_object_store_catalogue_lose_nothing() {
     // Every archive is whole: one per record, and each restores as a stream would (verify).
     let keys = moto.keys("race");
     assert_eq!(
-        keys.iter().filter(|k| k.starts_with("cat/archives/")).count(),
+        keys.iter()
+            .filter(|k| k.starts_with("cat/archives/"))
+            .count(),
         6
     );
     let dir = tempfile::tempdir().unwrap();
@@ -334,17 +379,35 @@ fn a_create_killed_mid_upload_leaves_nothing_completed_and_prune_cleans_up() {
     assert_ne!(run.code, 0);
     let items = list_in(&moto, repo);
     assert_eq!(items.len(), 1);
-    assert_eq!(items[0]["State"], "Failed", "a dead maker is read as Failed");
+    assert_eq!(
+        items[0]["State"], "Failed",
+        "a dead maker is read as Failed"
+    );
     assert!(
         !moto.keys("crash").iter().any(|k| k.contains("/archives/")),
         "an unfinished upload is not an archive"
     );
+    assert_eq!(
+        moto.open_uploads("crash"),
+        1,
+        "the killed create's upload is open"
+    );
     ok(run_in(&moto, &["snapshots", "prune", "--repo", repo]));
+    assert_eq!(
+        moto.open_uploads("crash"),
+        0,
+        "prune aborted the crashed upload"
+    );
     let id = items[0]["SnapshotID"].as_str().unwrap();
     let rec: serde_json::Value =
         serde_json::from_slice(&moto.get("crash", &format!("c/snapshots/{id}.json"))).unwrap();
     assert_eq!(rec["state"], "Failed");
-    assert!(rec["status_message"].as_str().unwrap().contains("interrupted"));
+    assert!(
+        rec["status_message"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted")
+    );
 }
 
 #[test]
@@ -385,9 +448,15 @@ fn a_missing_bucket_or_no_server_is_a_clear_error_with_the_fix() {
     assert_ne!(run.code, 0);
     assert!(run.stderr.contains("bucket"), "{}", run.stderr);
     assert!(run.stderr.contains("does not exist"), "{}", run.stderr);
-    assert!(!run.stderr.contains("testing"), "no credentials in messages");
+    assert!(
+        !run.stderr.contains("testing"),
+        "no credentials in messages"
+    );
 
-    let run = run_in(&moto, &["snapshots", "list", "--repo", "s3://no-such-bucket/x"]);
+    let run = run_in(
+        &moto,
+        &["snapshots", "list", "--repo", "s3://no-such-bucket/x"],
+    );
     assert_ne!(run.code, 0);
     assert!(run.stderr.contains("does not exist"), "{}", run.stderr);
 
@@ -399,9 +468,16 @@ fn a_missing_bucket_or_no_server_is_a_clear_error_with_the_fix() {
         .expect("switching moto's authentication on");
     let run = run_in(&moto, &["snapshots", "list", "--repo", "s3://locked/x"]);
     assert_ne!(run.code, 0);
-    assert!(run.stderr.contains("refused the credentials"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("refused the credentials"),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains("AWS_ACCESS_KEY_ID"), "{}", run.stderr);
-    assert!(!run.stderr.contains("testing"), "no credentials in messages");
+    assert!(
+        !run.stderr.contains("testing"),
+        "no credentials in messages"
+    );
 
     // Nothing listening: a clear error, soon.
     let closed = TcpListener::bind("127.0.0.1:0").unwrap();
