@@ -712,7 +712,7 @@ impl Repo {
                 Err(e) => return Err(Error::io(format!("removing {}", path.display()), e)),
             }
         }
-        self.remove_partials(&rec)?;
+        self.remove_partials(rec)?;
         let path = self.record_path(&rec.id);
         fs::remove_file(&path).map_err(|e| Error::io(format!("removing {}", path.display()), e))
     }

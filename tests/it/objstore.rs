@@ -445,7 +445,7 @@ fn a_missing_bucket_or_no_server_is_a_clear_error_with_the_fix() {
             .output()
             .unwrap(),
     );
-    assert_ne!(run.code, 0);
+    assert_eq!(run.code, 5, "{}", run.stderr);
     assert!(run.stderr.contains("bucket"), "{}", run.stderr);
     assert!(run.stderr.contains("does not exist"), "{}", run.stderr);
     assert!(
@@ -457,7 +457,7 @@ fn a_missing_bucket_or_no_server_is_a_clear_error_with_the_fix() {
         &moto,
         &["snapshots", "list", "--repo", "s3://no-such-bucket/x"],
     );
-    assert_ne!(run.code, 0);
+    assert_eq!(run.code, 5, "{}", run.stderr);
     assert!(run.stderr.contains("does not exist"), "{}", run.stderr);
 
     // Wrong credentials: moto checks keys once its authentication is switched on (it then
@@ -467,7 +467,7 @@ fn a_missing_bucket_or_no_server_is_a_clear_error_with_the_fix() {
         .send("0")
         .expect("switching moto's authentication on");
     let run = run_in(&moto, &["snapshots", "list", "--repo", "s3://locked/x"]);
-    assert_ne!(run.code, 0);
+    assert_eq!(run.code, 5, "{}", run.stderr);
     assert!(
         run.stderr.contains("refused the credentials"),
         "{}",
@@ -488,7 +488,7 @@ fn a_missing_bucket_or_no_server_is_a_clear_error_with_the_fix() {
         .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"));
     let started = Instant::now();
     let run = finish(cmd.output().unwrap());
-    assert_ne!(run.code, 0);
+    assert_eq!(run.code, 5, "{}", run.stderr);
     assert!(run.stderr.contains("cannot be reached"), "{}", run.stderr);
     assert!(started.elapsed() < Duration::from_secs(30));
 }
