@@ -105,9 +105,9 @@ fn parse_recipient(text: &str, from: &str) -> Result<age::x25519::Recipient> {
 
 /// What opens encrypted archives: identities (private keys) and a passphrase, any of which
 /// may be absent.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Keys {
-    identities: Vec<Box<dyn age::Identity + Send + Sync>>,
+    identities: Vec<std::sync::Arc<dyn age::Identity + Send + Sync>>,
     passphrase: Option<SecretString>,
 }
 
@@ -148,7 +148,8 @@ impl Keys {
                 path.display()
             )));
         }
-        self.identities.extend(identities);
+        self.identities
+            .extend(identities.into_iter().map(std::sync::Arc::from));
         Ok(())
     }
 
@@ -384,11 +385,11 @@ mod tests {
         assert!(is_encrypted(&data));
 
         let mut keys = Keys::none();
-        keys.identities.push(Box::new(id));
+        keys.identities.push(std::sync::Arc::new(id));
         assert_eq!(read_all(&keys, &data).unwrap(), plain);
 
         let mut wrong = Keys::none();
-        wrong.identities.push(Box::new(other));
+        wrong.identities.push(std::sync::Arc::new(other));
         let err = read_all(&wrong, &data).unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::Usage);
         assert!(err.message().contains("other keys"), "{}", err.message());
@@ -426,7 +427,7 @@ mod tests {
         let mut only_key = Keys::none();
         only_key
             .identities
-            .push(Box::new(age::x25519::Identity::generate()));
+            .push(std::sync::Arc::new(age::x25519::Identity::generate()));
         let err = read_all(&only_key, &data).unwrap_err();
         assert!(err.message().contains("passphrase"), "{}", err.message());
         assert_eq!(to.describe(), vec!["passphrase".to_string()]);

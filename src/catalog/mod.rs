@@ -6,6 +6,7 @@
 //! `flock`ed while records change. Archive creation itself runs outside the lock, so snapshots
 //! of different environments can be made at once.
 
+pub mod copy;
 mod download;
 pub mod ops;
 pub mod retention;
@@ -272,6 +273,89 @@ impl Stored {
     }
 }
 
+/// An archive being written into a catalogue ([`Repo::archive_sink`]); dropped unfinished, it
+/// leaves nothing behind.
+pub(crate) enum ArchiveSink {
+    File {
+        file: Option<std::io::BufWriter<File>>,
+        partial: PathBuf,
+        path: PathBuf,
+    },
+    Object {
+        key: String,
+        upload: crate::objstore::Upload,
+    },
+}
+
+impl ArchiveSink {
+    /// The upload to abort should the writer die (object stores only).
+    pub(crate) fn pending_upload(&self) -> Option<PendingUpload> {
+        match self {
+            ArchiveSink::File { .. } => None,
+            ArchiveSink::Object { key, upload } => Some(PendingUpload {
+                key: key.clone(),
+                id: upload.id(),
+            }),
+        }
+    }
+
+    /// Makes the archive appear, whole and durable.
+    pub(crate) fn finish(mut self) -> Result<()> {
+        match &mut self {
+            ArchiveSink::File {
+                file,
+                partial,
+                path,
+            } => {
+                let f = file.take().expect("finished once");
+                let f = f.into_inner().map_err(|e| {
+                    Error::io(format!("writing {}", partial.display()), e.into_error())
+                })?;
+                f.sync_all()
+                    .map_err(|e| Error::io(format!("writing {}", partial.display()), e))?;
+                fs::rename(&*partial, &*path)
+                    .map_err(|e| Error::io(format!("renaming to {}", path.display()), e))?;
+                if let Some(dir) = path.parent() {
+                    // The rename itself survives a power cut.
+                    let _ = File::open(dir).and_then(|d| d.sync_all());
+                }
+                Ok(())
+            }
+            ArchiveSink::Object { upload, .. } => upload.finish(),
+        }
+    }
+}
+
+impl std::io::Write for ArchiveSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            ArchiveSink::File { file, .. } => file
+                .as_mut()
+                .ok_or_else(|| std::io::Error::other("finished"))?
+                .write(buf),
+            ArchiveSink::Object { upload, .. } => upload.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for ArchiveSink {
+    fn drop(&mut self) {
+        match self {
+            ArchiveSink::File { file, partial, .. } => {
+                if file.take().is_some() {
+                    let _ = fs::remove_file(&*partial);
+                }
+            }
+            // An unfinished upload aborts itself when its last handle drops.
+            ArchiveSink::Object { .. } => {}
+        }
+    }
+}
+
 fn is_bucket(root: &Path) -> bool {
     root.to_str().is_some_and(crate::objstore::is_s3)
 }
@@ -391,6 +475,47 @@ impl Repo {
                 crate::create::Output::Path(self.root.join("archives").join(name)),
                 None,
             )),
+        }
+    }
+
+    /// Where an archive is written whole before it appears as `archives/<name>`: a partial
+    /// file renamed at the end, or a multipart upload completed at the end.
+    pub(crate) fn archive_sink(&self, name: &str) -> Result<ArchiveSink> {
+        match &self.bucket {
+            Some(b) => {
+                let key = format!("archives/{name}");
+                let upload = b.upload(&key)?;
+                Ok(ArchiveSink::Object { key, upload })
+            }
+            None => {
+                let dir = self.root.join("archives");
+                fs::create_dir_all(&dir)
+                    .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+                // `.<id>.<ext>.copy.partial`: what a prune removes for a crashed record.
+                let partial = dir.join(format!(".{name}.copy.partial"));
+                let file = File::create(&partial)
+                    .map_err(|e| Error::io(format!("creating {}", partial.display()), e))?;
+                Ok(ArchiveSink::File {
+                    file: Some(std::io::BufWriter::with_capacity(1 << 20, file)),
+                    partial,
+                    path: dir.join(name),
+                })
+            }
+        }
+    }
+
+    /// Removes the record `id` only (a failed copy's).
+    fn delete_record(&self, id: &str) -> Result<()> {
+        match &self.bucket {
+            Some(b) => b.delete(&Self::record_key(id)),
+            None => {
+                let _lock = self.lock()?;
+                match fs::remove_file(self.record_path(id)) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(Error::io(format!("removing the record of {id}"), e)),
+                }
+            }
         }
     }
 

@@ -284,13 +284,13 @@ pub fn execute_create(
 
 /// Renews a Running record's heartbeat in an object-store catalogue until dropped, so other
 /// hosts can tell a long create from a crashed one.
-struct Heartbeat {
+pub(super) struct Heartbeat {
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Heartbeat {
-    fn start(repo: Repo, id: String) -> Heartbeat {
+    pub(super) fn start(repo: Repo, id: String) -> Heartbeat {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let every = super::heartbeat_every();
         let thread = std::thread::spawn(move || {

@@ -314,6 +314,32 @@ pub enum SnapshotsAction {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Copy snapshots from one catalogue to another (a directory and an object store, either
+    /// way), each archive verified on the way; prints the ids copied.
+    Copy {
+        /// The catalogue to copy from (a directory or s3://bucket/prefix).
+        #[arg(long, value_name = "DIR|s3://...")]
+        from: PathBuf,
+        /// The catalogue to copy to (made when missing).
+        #[arg(long, value_name = "DIR|s3://...")]
+        to: PathBuf,
+        /// The snapshots to copy (ids or unique prefixes); none: every Completed one.
+        ids: Vec<String>,
+        #[arg(long = "env", value_name = "NAME")]
+        environment: Option<String>,
+        /// Where pg_restore is, for verifying the dumps.
+        #[arg(long, value_name = "DIR")]
+        pg_bin: Option<PathBuf>,
+        /// Opens encrypted archives, so that they are verified in full and not by checksum
+        /// alone (they are copied as stored, encrypted).
+        #[command(flatten)]
+        keys: KeyArgs,
+        #[arg(long)]
+        json: bool,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Restore a stored snapshot into any environment ("restore into").
     Restore {
         #[command(flatten)]

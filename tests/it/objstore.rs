@@ -492,3 +492,119 @@ fn a_missing_bucket_or_no_server_is_a_clear_error_with_the_fix() {
     assert!(run.stderr.contains("cannot be reached"), "{}", run.stderr);
     assert!(started.elapsed() < Duration::from_secs(30));
 }
+
+#[test]
+fn snapshots_copy_between_a_directory_and_an_object_store_verifying_each() {
+    let moto = Moto::start();
+    moto.make_bucket("copies");
+    let db = Db::with_fixture("s3copy");
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("local");
+    let local_s = local.to_str().unwrap().to_string();
+    let a = create_in(&moto, &local_s, &db, "Production", &["--comment", "a"]);
+    let b = create_in(&moto, &local_s, &db, "Test", &[]);
+    let copy = |from: &str, to: &str, extra: &[&str]| {
+        let mut args = vec!["snapshots", "copy", "--from", from, "--to", to];
+        args.extend_from_slice(extra);
+        run_in(&moto, &args)
+    };
+    let shas = |repo: &str| -> Vec<(String, String, String)> {
+        let mut v: Vec<_> = list_in(&moto, repo)
+            .iter()
+            .map(|r| {
+                let id = r["SnapshotID"].as_str().unwrap().to_string();
+                let show = ok(run_in(
+                    &moto,
+                    &["snapshots", "show", "--repo", repo, &id, "--json"],
+                ))
+                .json();
+                assert_eq!(show["State"], "Completed", "{show}");
+                (
+                    id,
+                    show["ArchiveSHA256"].as_str().unwrap().to_string(),
+                    show["Comment"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+
+    // Directory to object store: both, each verified, the records as they were.
+    let s3 = "s3://copies/team";
+    let run = ok(copy(&local_s, s3, &[]));
+    let mut copied: Vec<&str> = run.stdout.lines().collect();
+    copied.sort();
+    let mut want = vec![a.as_str(), b.as_str()];
+    want.sort();
+    assert_eq!(copied, want);
+    assert_eq!(shas(s3), shas(&local_s));
+    assert_eq!(moto.open_uploads("copies"), 0);
+
+    // Again: nothing to do.
+    let run = ok(copy(&local_s, s3, &[]));
+    assert!(run.stdout.trim().is_empty(), "{}", run.stdout);
+    assert!(run.stderr.contains("already there"), "{}", run.stderr);
+
+    // Object store to a new directory, one snapshot; it restores from there as from anywhere.
+    let back = dir.path().join("back");
+    let back_s = back.to_str().unwrap().to_string();
+    let run = ok(copy(s3, &back_s, &[&a[..8]]));
+    assert_eq!(run.stdout.trim(), a);
+    let got = shas(&back_s);
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0],
+        shas(&local_s).into_iter().find(|s| s.0 == a).unwrap()
+    );
+    let out = dir.path().join("a.tar.gz");
+    ok(run_in(
+        &moto,
+        &[
+            "snapshots",
+            "download",
+            "--repo",
+            &back_s,
+            &a,
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    ));
+    ok(mxsnap(&["verify", out.to_str().unwrap()]));
+
+    // A damaged source archive is refused, and nothing of it appears at the destination.
+    let archive = std::fs::read_dir(local.join("archives"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with(&b))
+        .unwrap();
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&archive, bytes).unwrap();
+    let other = "s3://copies/other";
+    let run = copy(&local_s, other, &[&b]);
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert!(list_in(&moto, other).is_empty());
+    assert!(
+        !moto
+            .keys("copies")
+            .iter()
+            .any(|k| k.starts_with("other/archives/")),
+        "no archive of a failed copy"
+    );
+    assert_eq!(moto.open_uploads("copies"), 0, "its upload was aborted");
+    // And into a directory: no record, no partial file.
+    let run = copy(&local_s, &dir.path().join("d2").to_string_lossy(), &[&b]);
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("d2/archives"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(
+        std::fs::read_dir(dir.path().join("d2/snapshots"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+}

@@ -147,6 +147,63 @@ pub fn run(action: &A, quiet: bool) -> anyhow::Result<()> {
             }
             print_show(&r, tz)?;
         }
+        A::Copy {
+            from,
+            to,
+            ids,
+            environment,
+            pg_bin,
+            keys,
+            json,
+            dry_run,
+        } => {
+            let plan = mxsnap::catalog::copy::plan_copy(mxsnap::catalog::copy::CopyRequest {
+                from,
+                to,
+                ids: ids.clone(),
+                environment: environment.clone(),
+                keys: ui::keys(keys)?,
+                pg_bin: pg_bin.clone(),
+            })?;
+            if *dry_run {
+                let v = plan.view();
+                return ui::print_plan(&v, *json, |o| {
+                    for id in &v.copy {
+                        writeln!(o, "  copy {id} from {} to {}", v.from, v.to)?;
+                    }
+                    for id in &v.already_there {
+                        writeln!(o, "  skip {id}: already in {}", v.to)?;
+                    }
+                    writeln!(o, "  {} to copy", human(v.bytes))
+                });
+            }
+            let reporter = Reporter::new(quiet);
+            let report = mxsnap::catalog::copy::execute_copy(plan, &reporter, &cancel);
+            reporter.done();
+            let report = report.context("copying snapshots")?;
+            if *json {
+                return ui::print_json(&report);
+            }
+            let mut o = ui::out();
+            for r in &report.copied {
+                writeln!(o, "{}", r.id)?;
+            }
+            if !quiet {
+                for id in &report.checksum_only {
+                    eprintln!(
+                        "mxsnap: {id} is encrypted and no key was given: checked by size and \
+                         SHA-256 only"
+                    );
+                }
+                for id in &report.already_there {
+                    eprintln!("mxsnap: {id} is already there");
+                }
+                eprintln!(
+                    "mxsnap: copied {} snapshot(s), each verified",
+                    report.copied.len()
+                );
+            }
+        }
         A::Comment {
             repo,
             id,
