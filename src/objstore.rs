@@ -171,12 +171,22 @@ impl Bucket {
 
     /// Writes `bytes` at `key` only if nothing is there: `false` when something is.
     pub fn create(&self, key: &str, bytes: Vec<u8>) -> Result<bool> {
+        Ok(self.create_tagged(key, bytes)?.is_some())
+    }
+
+    /// As [`Bucket::create`], giving the new object's ETag (empty when the store gives none).
+    pub fn create_tagged(&self, key: &str, bytes: Vec<u8>) -> Result<Option<String>> {
         self.put(key, bytes, PutMode::Create)
     }
 
     /// Replaces the object at `key` only if it is still the version `etag`: `false` when it
     /// changed or is gone.
     pub fn replace(&self, key: &str, bytes: Vec<u8>, etag: &str) -> Result<bool> {
+        Ok(self.replace_tagged(key, bytes, etag)?.is_some())
+    }
+
+    /// As [`Bucket::replace`], giving the new version's ETag.
+    pub fn replace_tagged(&self, key: &str, bytes: Vec<u8>, etag: &str) -> Result<Option<String>> {
         self.put(
             key,
             bytes,
@@ -187,7 +197,7 @@ impl Bucket {
         )
     }
 
-    fn put(&self, key: &str, bytes: Vec<u8>, mode: PutMode) -> Result<bool> {
+    fn put(&self, key: &str, bytes: Vec<u8>, mode: PutMode) -> Result<Option<String>> {
         let store = self.store.clone();
         let path = self.path(key);
         let opts = PutOptions {
@@ -195,13 +205,13 @@ impl Bucket {
             ..Default::default()
         };
         match run(async move { store.put_opts(&path, bytes.into(), opts).await }) {
-            Ok(_) => Ok(true),
+            Ok(done) => Ok(Some(done.e_tag.unwrap_or_default())),
             Err(e @ object_store::Error::NotFound { .. }) if no_bucket(&e) => {
                 Err(self.fail("writing", key, e))
             }
             Err(object_store::Error::AlreadyExists { .. })
             | Err(object_store::Error::Precondition { .. })
-            | Err(object_store::Error::NotFound { .. }) => Ok(false),
+            | Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.fail("writing", key, e)),
         }
     }

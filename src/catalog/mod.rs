@@ -424,6 +424,11 @@ impl Repo {
         })
     }
 
+    /// The object store the catalogue is in, if it is in one.
+    pub(crate) fn bucket(&self) -> Option<&Bucket> {
+        self.bucket.as_ref()
+    }
+
     /// Whether the catalogue is in an object store.
     pub fn is_object_store(&self) -> bool {
         self.bucket.is_some()

@@ -18,8 +18,12 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8088";
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     listen: Option<String>,
-    /// The catalogue directory.
+    /// The catalogue: a directory or `s3://bucket/prefix`.
     repo: PathBuf,
+    /// Where the service keeps what is its own and local (prepared downloads, uploads, the
+    /// link secret, the schedule's state): default `<repo>/serve` for a directory catalogue;
+    /// required for an object-store one.
+    state_dir: Option<PathBuf>,
     /// The time zone of the retention schedule (as `snapshots --tz`).
     timezone: Option<String>,
     /// How download links start (`http://host:port`), when clients reach the service by
@@ -128,6 +132,8 @@ pub struct Schedule {
 pub struct Config {
     pub listen: SocketAddr,
     pub repo: PathBuf,
+    /// See the config file's `state_dir`.
+    pub state_dir: PathBuf,
     pub timezone: Tz,
     pub public_url: Option<String>,
     pub pg_bin: Option<PathBuf>,
@@ -333,8 +339,21 @@ impl Config {
                 grants,
             });
         }
+        let in_bucket = file.repo.to_str().is_some_and(crate::objstore::is_s3);
+        let state_dir = match file.state_dir {
+            Some(d) => d,
+            None if in_bucket => {
+                return Err(invalid(
+                    path,
+                    "an object-store catalogue needs `state_dir`: the local directory where \
+                     the service keeps prepared downloads, uploads and its link secret",
+                ));
+            }
+            None => file.repo.join("serve"),
+        };
         Ok(Config {
             listen,
+            state_dir,
             repo: file.repo,
             timezone,
             public_url: file.public_url.map(|u| u.trim_end_matches('/').to_string()),

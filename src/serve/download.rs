@@ -117,22 +117,25 @@ fn check_token(secret: &[u8; 32], token: &str) -> std::result::Result<(String, V
     Ok((id.to_string(), variant))
 }
 
-fn prepared_path(repo: &Path, id: &str, variant: Variant) -> PathBuf {
+fn prepared_path(state_dir: &Path, id: &str, variant: Variant) -> PathBuf {
     let ext = match variant {
         Variant::Database => "backup",
         _ => "tar.gz",
     };
-    repo.join("serve/prepared")
+    state_dir
+        .join("prepared")
         .join(format!("{id}.{}.{ext}", variant_word(variant)))
 }
 
 /// The file a download of `variant` of `rec` serves, preparing it when needed.
 pub fn prepare(svc: &Service, rec: &Record, variant: Variant) -> Result<PathBuf> {
     let repo = Repo::open(&svc.config.repo, false)?;
-    if variant == Variant::Full {
+    if variant == Variant::Full && !repo.is_object_store() {
         return repo.completed_archive(rec, "there is nothing to download");
     }
-    let path = prepared_path(&svc.config.repo, &rec.id, variant);
+    // Served from a local file (ranges, resumes): from an object store, even the full
+    // archive is fetched once into `prepared/`.
+    let path = prepared_path(&svc.config.state_dir, &rec.id, variant);
     // One preparation at a time: a second request for the same file waits, then finds it.
     let _guard = svc.prepare_lock.lock().unwrap_or_else(|p| p.into_inner());
     if path.is_file() {
@@ -158,8 +161,8 @@ pub fn prepare(svc: &Service, rec: &Record, variant: Variant) -> Result<PathBuf>
 }
 
 /// Removes prepared files no link can still point at.
-pub fn sweep(repo: &Path) {
-    let dir = repo.join("serve/prepared");
+pub fn sweep(state_dir: &Path) {
+    let dir = state_dir.join("prepared");
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return;
     };

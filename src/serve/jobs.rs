@@ -1,7 +1,9 @@
 //! The service's jobs: each long task (making a snapshot, preparing an archive, a restore) runs
 //! on a thread of its own, one per environment at a time, and is a record in the catalogue
-//! (`serve/jobs/<id>.json`), so a job outlives the request that started it and is still there
-//! after a restart; one that was running when the server died is failed as "interrupted".
+//! (`serve/jobs/<id>.json`: a file beside a directory catalogue, an object in an object-store
+//! one, written create-only and then compare-and-swap on its ETag), so a job outlives the
+//! request that started it and is still there after a restart; one that was running when its
+//! server died is failed as "interrupted" by that host's next start.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -56,6 +58,10 @@ pub struct Job {
     /// Archives: until when the download link is good.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_expires_at: Option<DateTime<Utc>>,
+    /// The machine whose service runs it: only that host's next start may call it interrupted
+    /// (several services can share one object-store catalogue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 impl Job {
@@ -74,6 +80,7 @@ impl Job {
             data_type: None,
             source_environment: None,
             url_expires_at: None,
+            host: Some(crate::catalog::host_name()),
         }
     }
 }
@@ -111,8 +118,114 @@ struct State {
     threads: Vec<JoinHandle<()>>,
 }
 
+/// Where job records live.
+pub enum JobStore {
+    Dir(PathBuf),
+    /// `serve/jobs/` in an object-store catalogue; the ETags of the records this process wrote
+    /// are kept, so that each change is a compare-and-swap on the version it made.
+    Bucket {
+        bucket: crate::objstore::Bucket,
+        etags: Mutex<HashMap<String, String>>,
+        /// The records this process wrote, as written: read back without a request (a job's
+        /// waiters poll it).
+        saved: Mutex<HashMap<String, Job>>,
+    },
+}
+
+impl JobStore {
+    fn key(id: &str) -> String {
+        format!("serve/jobs/{id}.json")
+    }
+
+    fn save(&self, job: &Job) -> Result<()> {
+        match self {
+            JobStore::Dir(dir) => write_json_atomically(&dir.join(format!("{}.json", job.id)), job),
+            JobStore::Bucket {
+                bucket,
+                etags,
+                saved,
+            } => {
+                let key = Self::key(&job.id);
+                let bytes = serde_json::to_vec_pretty(job)
+                    .map_err(|e| Error::environment(format!("encoding job {}: {e}", job.id)))?;
+                let known = etags.lock().unwrap().get(&job.id).cloned();
+                let mut written = match &known {
+                    None => bucket.create_tagged(&key, bytes.clone())?,
+                    Some(etag) => bucket.replace_tagged(&key, bytes.clone(), etag)?,
+                };
+                if written.is_none() {
+                    // Changed by another writer (a host that judged it interrupted): this
+                    // process runs the job, so its state stands, on the current version.
+                    let current = bucket.get(&key)?.map(|v| v.etag);
+                    written = match current {
+                        Some(etag) => bucket.replace_tagged(&key, bytes, &etag)?,
+                        None => bucket.create_tagged(&key, bytes)?,
+                    };
+                }
+                let etag = written.ok_or_else(|| {
+                    Error::environment(format!("job {} changed while it was written", job.id))
+                })?;
+                etags.lock().unwrap().insert(job.id.clone(), etag);
+                saved.lock().unwrap().insert(job.id.clone(), job.clone());
+                Ok(())
+            }
+        }
+    }
+
+    fn load(&self, id: &str) -> Option<Job> {
+        let bytes = match self {
+            JobStore::Dir(dir) => std::fs::read(dir.join(format!("{id}.json"))).ok()?,
+            JobStore::Bucket { bucket, saved, .. } => {
+                if let Some(job) = saved.lock().unwrap().get(id) {
+                    return Some(job.clone());
+                }
+                bucket.get(&Self::key(id)).ok()??.bytes
+            }
+        };
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Every job record (those unreadable are skipped).
+    fn all(&self) -> Result<Vec<Job>> {
+        let mut out = Vec::new();
+        match self {
+            JobStore::Dir(dir) => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+                for entry in std::fs::read_dir(dir)
+                    .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?
+                {
+                    let path = entry
+                        .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?
+                        .path();
+                    if path.extension().is_none_or(|x| x != "json") {
+                        continue;
+                    }
+                    if let Some(job) = std::fs::read(&path)
+                        .ok()
+                        .and_then(|t| serde_json::from_slice::<Job>(&t).ok())
+                    {
+                        out.push(job);
+                    }
+                }
+            }
+            JobStore::Bucket { bucket, etags, .. } => {
+                for listed in bucket.list("serve/jobs")? {
+                    if let Some(v) = bucket.get(&listed.key)? {
+                        if let Ok(job) = serde_json::from_slice::<Job>(&v.bytes) {
+                            etags.lock().unwrap().insert(job.id.clone(), v.etag);
+                            out.push(job);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 struct JobsInner {
-    dir: PathBuf,
+    store: JobStore,
     state: Mutex<State>,
     cancel: Cancel,
 }
@@ -123,7 +236,7 @@ impl JobsInner {
     }
 
     fn save(&self, job: &Job) -> Result<()> {
-        write_json_atomically(&self.dir.join(format!("{}.json", job.id)), job)
+        self.store.save(job)
     }
 }
 
@@ -148,11 +261,9 @@ fn progress_message(t: &Tracker) -> String {
 impl Jobs {
     /// Opens the job records in `dir`; those left queued or running by a server that is gone
     /// are failed as interrupted. `cancel` stops every running job (the server's shutdown).
-    pub fn open(dir: PathBuf, cancel: Cancel) -> Result<(Jobs, Vec<Job>)> {
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    pub fn open(store: JobStore, cancel: Cancel) -> Result<(Jobs, Vec<Job>)> {
         let inner = JobsInner {
-            dir: dir.clone(),
+            store,
             state: Mutex::new(State {
                 busy: HashMap::new(),
                 trackers: HashMap::new(),
@@ -161,23 +272,11 @@ impl Jobs {
             }),
             cancel,
         };
+        let here = crate::catalog::host_name();
         let mut interrupted = Vec::new();
-        for entry in std::fs::read_dir(&dir)
-            .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?
-        {
-            let path = entry
-                .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?
-                .path();
-            if path.extension().is_none_or(|x| x != "json") {
-                continue;
-            }
-            let Ok(text) = std::fs::read(&path) else {
-                continue;
-            };
-            let Ok(mut job) = serde_json::from_slice::<Job>(&text) else {
-                continue;
-            };
-            if matches!(job.state, JobState::Queued | JobState::Running) {
+        for mut job in inner.store.all()? {
+            let ours = job.host.as_deref().is_none_or(|h| h == here);
+            if ours && matches!(job.state, JobState::Queued | JobState::Running) {
                 job.state = JobState::Failed;
                 job.status_message = Some("interrupted: the server stopped while it ran".into());
                 job.finished_at = Some(Utc::now());
@@ -265,8 +364,7 @@ impl Jobs {
     /// A job as it stands (a running one's message says how far it is).
     pub fn get(&self, id: &str) -> Option<Job> {
         uuid::Uuid::parse_str(id).ok()?;
-        let text = std::fs::read(self.0.dir.join(format!("{id}.json"))).ok()?;
-        let mut job: Job = serde_json::from_slice(&text).ok()?;
+        let mut job = self.0.store.load(id)?;
         if job.state == JobState::Running {
             if let Some(t) = self.0.lock().trackers.get(id) {
                 job.status_message = Some(progress_message(t));

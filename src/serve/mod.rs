@@ -117,21 +117,21 @@ async fn fallback(uri: Uri) -> Response {
 /// on, serves, and on the cancel stops taking work, cancels running jobs (a restore leaves its
 /// target as it was) and waits for them.
 pub fn run(config: Config, cancel: Cancel, log: Log, ready: impl FnOnce(SocketAddr)) -> Result<()> {
-    if config.repo.to_str().is_some_and(crate::objstore::is_s3) {
-        return Err(Error::usage(format!(
-            "{}: the service keeps its jobs and prepared downloads beside a directory \
-             catalogue, and does not serve an object-store one yet",
-            config.repo.display()
-        ))
-        .with_hint("serve a directory catalogue; copy snapshots between the two with the CLI"));
-    }
     // Made when missing, refused when the directory is something else.
-    crate::catalog::Repo::open(&config.repo, true)?;
-    let serve_dir = config.repo.join("serve");
+    let repo = crate::catalog::Repo::open(&config.repo, true)?;
+    let serve_dir = config.state_dir.clone();
     std::fs::create_dir_all(&serve_dir)
         .map_err(|e| Error::io(format!("creating {}", serve_dir.display()), e))?;
     let secret = download::load_secret(&serve_dir)?;
-    let (jobs, interrupted) = jobs::Jobs::open(serve_dir.join("jobs"), cancel.clone())?;
+    let store = match repo.bucket() {
+        Some(bucket) => jobs::JobStore::Bucket {
+            bucket: bucket.clone(),
+            etags: Default::default(),
+            saved: Default::default(),
+        },
+        None => jobs::JobStore::Dir(serve_dir.join("jobs")),
+    };
+    let (jobs, interrupted) = jobs::Jobs::open(store, cancel.clone())?;
     for job in interrupted {
         log(&format!(
             "job {} ({:?} of {}) was interrupted when the service last stopped",
@@ -162,8 +162,8 @@ pub fn run(config: Config, cancel: Cancel, log: Log, ready: impl FnOnce(SocketAd
         sessions: Default::default(),
         prepare_lock: Mutex::new(()),
     });
-    download::sweep(&svc.config.repo);
-    web::sweep_uploads(&svc.config.repo);
+    download::sweep(&svc.config.state_dir);
+    web::sweep_uploads(&svc.config.state_dir);
     let schedule = svc.config.schedule.clone().map(|s| {
         let svc = svc.clone();
         std::thread::spawn(move || schedule::run(svc, s))

@@ -55,7 +55,7 @@ pub fn next_slot(s: &Schedule, after: DateTime<Utc>) -> DateTime<Utc> {
 
 /// Runs until the service stops.
 pub fn run(svc: Arc<Service>, schedule: Schedule) {
-    let state_path = svc.config.repo.join("serve/schedule.json");
+    let state_path = svc.config.state_dir.join("schedule.json");
     let log = svc.log.clone();
     let now = Utc::now();
     let mut last = match std::fs::read(&state_path)

@@ -1108,8 +1108,8 @@ async fn upload(
 
 /// Removes uploads left by a service that died while receiving or restoring them: at the
 /// start no job can be using one.
-pub fn sweep_uploads(repo: &std::path::Path) {
-    if let Ok(entries) = std::fs::read_dir(repo.join("serve").join("uploads")) {
+pub fn sweep_uploads(state_dir: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(state_dir.join("uploads")) {
         for e in entries.flatten() {
             let _ = std::fs::remove_file(e.path());
         }
@@ -1123,7 +1123,7 @@ async fn receive(
     limit: u64,
 ) -> crate::Result<UploadFile> {
     use tokio::io::AsyncWriteExt;
-    let dir = svc.config.repo.join("serve").join("uploads");
+    let dir = svc.config.state_dir.join("uploads");
     tokio::fs::create_dir_all(&dir)
         .await
         .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
