@@ -443,7 +443,8 @@ impl UploadState {
     }
 }
 
-/// A streaming multipart upload; clones share it (one writes, one finishes).
+/// A streaming multipart upload; clones share it (one writes, one finishes). Dropped
+/// unfinished, with its last clone, it is aborted (its parts removed).
 #[derive(Clone)]
 pub struct Upload {
     shared: Arc<std::sync::Mutex<UploadState>>,
@@ -503,11 +504,6 @@ impl Upload {
         st.id = None;
         Ok(())
     }
-
-    /// Gives the upload up (its parts are removed); also done when the last clone drops.
-    pub fn abort(&self) {
-        self.shared.lock().unwrap().abort();
-    }
 }
 
 impl Drop for UploadState {
@@ -530,10 +526,6 @@ pub struct ObjectReader {
 }
 
 impl ObjectReader {
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
     fn connect(&mut self) -> object_store::Result<()> {
         let store = self.store.clone();
         let path = self.path.clone();

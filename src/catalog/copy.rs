@@ -157,7 +157,8 @@ pub fn execute_copy(
 /// What the copy reads, seen by the verifier and written to the destination as it goes.
 struct Tee {
     source: Box<dyn Read + Send>,
-    sink: super::ArchiveSink,
+    /// Taken out once the stream has been read to its end.
+    sink: Option<super::ArchiveSink>,
     hasher: Sha256,
     bytes: u64,
 }
@@ -169,7 +170,10 @@ impl Read for TeeReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut t = self.0.lock().unwrap();
         let n = t.source.read(buf)?;
-        t.sink.write_all(&buf[..n])?;
+        t.sink
+            .as_mut()
+            .ok_or_else(|| io::Error::other("the copy is over"))?
+            .write_all(&buf[..n])?;
         t.hasher.update(&buf[..n]);
         t.bytes += n as u64;
         Ok(n)
@@ -208,7 +212,7 @@ fn copy_one(
 
     let tee = Arc::new(Mutex::new(Tee {
         source: source.open()?,
-        sink,
+        sink: Some(sink),
         hasher: Sha256::new(),
         bytes: 0,
     }));
@@ -261,12 +265,8 @@ fn copy_one(
         }
         Ok(())
     })();
-    let tee = Arc::try_unwrap(tee)
-        .map_err(|_| ())
-        .expect("the verifier is done with the stream")
-        .into_inner()
-        .unwrap();
-    let finished = outcome.and_then(|()| tee.sink.finish());
+    let sink = tee.lock().unwrap().sink.take().expect("taken once");
+    let finished = outcome.and_then(|()| sink.finish());
     drop(beat);
     if let Err(e) = finished {
         // Nothing of the copy stays (the sink removed its partial file or aborted its upload
