@@ -62,6 +62,10 @@ pub struct Job {
     /// (several services can share one object-store catalogue).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// Which service on that host (from its state directory): two services on one machine
+    /// sharing a catalogue judge only their own jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 impl Job {
@@ -81,6 +85,7 @@ impl Job {
             source_environment: None,
             url_expires_at: None,
             host: Some(crate::catalog::host_name()),
+            service: None,
         }
     }
 }
@@ -226,6 +231,8 @@ impl JobStore {
 
 struct JobsInner {
     store: JobStore,
+    /// This service's identity, written into each job it starts.
+    service: String,
     state: Mutex<State>,
     cancel: Cancel,
 }
@@ -259,11 +266,13 @@ fn progress_message(t: &Tracker) -> String {
 }
 
 impl Jobs {
-    /// Opens the job records in `dir`; those left queued or running by a server that is gone
-    /// are failed as interrupted. `cancel` stops every running job (the server's shutdown).
-    pub fn open(store: JobStore, cancel: Cancel) -> Result<(Jobs, Vec<Job>)> {
+    /// Opens the job records in `store`; those this service (`service`, on this host) left
+    /// queued or running when it stopped are failed as interrupted; other services' jobs are
+    /// theirs to judge. `cancel` stops every running job (the server's shutdown).
+    pub fn open(store: JobStore, service: &str, cancel: Cancel) -> Result<(Jobs, Vec<Job>)> {
         let inner = JobsInner {
             store,
+            service: service.to_string(),
             state: Mutex::new(State {
                 busy: HashMap::new(),
                 trackers: HashMap::new(),
@@ -275,7 +284,11 @@ impl Jobs {
         let here = crate::catalog::host_name();
         let mut interrupted = Vec::new();
         for mut job in inner.store.all()? {
-            let ours = job.host.as_deref().is_none_or(|h| h == here);
+            // Records from before services had an identity are judged by host alone.
+            let ours = match &job.service {
+                Some(s) => *s == inner.service,
+                None => job.host.as_deref().is_none_or(|h| h == here),
+            };
             if ours && matches!(job.state, JobState::Queued | JobState::Running) {
                 job.state = JobState::Failed;
                 job.status_message = Some("interrupted: the server stopped while it ran".into());
@@ -310,6 +323,8 @@ impl Jobs {
         job: Job,
         work: impl FnOnce(&Tracker, &Cancel) -> Result<Done> + Send + 'static,
     ) -> Result<Job> {
+        let mut job = job;
+        job.service = Some(self.0.service.clone());
         self.0.save(&job)?;
         let tracker = Arc::new(Tracker::new());
         {

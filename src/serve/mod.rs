@@ -131,7 +131,7 @@ pub fn run(config: Config, cancel: Cancel, log: Log, ready: impl FnOnce(SocketAd
         },
         None => jobs::JobStore::Dir(serve_dir.join("jobs")),
     };
-    let (jobs, interrupted) = jobs::Jobs::open(store, cancel.clone())?;
+    let (jobs, interrupted) = jobs::Jobs::open(store, &service_id(&secret), cancel.clone())?;
     for job in interrupted {
         log(&format!(
             "job {} ({:?} of {}) was interrupted when the service last stopped",
@@ -205,6 +205,17 @@ pub fn run(config: Config, cancel: Cancel, log: Log, ready: impl FnOnce(SocketAd
     }
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     served
+}
+
+/// This service's identity: stable for its state directory (derived from the link secret kept
+/// there), different for two services on one host.
+fn service_id(secret: &[u8; 32]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"mxsnap service id\0")
+        .chain_update(secret)
+        .finalize();
+    crate::archive::writer::hex(&digest[..8])
 }
 
 /// The hex SHA-256 of an API key, as `key_sha256` holds it.

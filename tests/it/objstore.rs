@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::{Db, tree_hashes};
+use crate::serve;
 use crate::support::*;
 
 /// A moto S3 server on 127.0.0.1, stopped when dropped.
@@ -607,4 +608,253 @@ fn snapshots_copy_between_a_directory_and_an_object_store_verifying_each() {
             .next()
             .is_none()
     );
+}
+
+/// A service's config on an object-store catalogue: the app `calc` with `envs` (mode, id,
+/// database URL, files directory), its own `state_dir`, alice allowed everywhere.
+fn fleet_config(
+    dir: &std::path::Path,
+    name: &str,
+    repo: &str,
+    envs: &[(&str, &str, String, String)],
+) -> std::path::PathBuf {
+    use std::fmt::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let mut text = format!(
+        "listen = \"127.0.0.1:0\"\nrepo = \"{repo}\"\nstate_dir = \"{}\"\n\n[[apps]]\nid = \"calc\"\nproject_id = \"{}\"\n",
+        dir.join(format!("{name}-state")).display(),
+        serve::PROJECT
+    );
+    for (mode, id, database, files) in envs {
+        write!(
+            text,
+            "\n[[apps.environments]]\nmode = \"{mode}\"\nid = \"{id}\"\ndatabase = \"{database}\"\nfiles = \"{files}\"\n"
+        )
+        .unwrap();
+    }
+    write!(
+        text,
+        "\n[[users]]\nname = \"{}\"\nkey_sha256 = \"{}\"\nenvironments = [\"calc/*\"]\n",
+        serve::ALICE.0,
+        mxsnap::serve::hash_key(serve::ALICE.1)
+    )
+    .unwrap();
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// The job records in the bucket, as JSON.
+fn job_objects(moto: &Moto, bucket: &str, prefix: &str) -> Vec<serde_json::Value> {
+    moto.keys(bucket)
+        .into_iter()
+        .filter(|k| k.starts_with(&format!("{prefix}/serve/jobs/")))
+        .map(|k| serde_json::from_slice(&moto.get(bucket, &k)).unwrap())
+        .collect()
+}
+
+#[test]
+fn two_services_share_one_object_store_catalogue() {
+    use serve::{ACC, ALICE, TEST, finished, poll, v1, v2};
+    let moto = Moto::start();
+    moto.make_bucket("fleet");
+    let repo = "s3://fleet/calc";
+    let dir = tempfile::tempdir().unwrap();
+    let source = Db::with_fixture("s3srv_src");
+    let target = crate::restore::Env::new("s3srv_dst");
+    let store_dir = store().display().to_string();
+    let acceptance = ("Acceptance", ACC, source.url(), store_dir);
+    // Host A serves Acceptance; host B serves Test and sees Acceptance's snapshots.
+    let a_config = fleet_config(dir.path(), "a", repo, std::slice::from_ref(&acceptance));
+    let b_config = fleet_config(
+        dir.path(),
+        "b",
+        repo,
+        &[
+            acceptance,
+            (
+                "Test",
+                TEST,
+                target.db.url(),
+                target.files.display().to_string(),
+            ),
+        ],
+    );
+    let mut a_env = moto.env();
+    a_env.push(("MXSNAP_PAUSE_AT", "create-writing".into()));
+    a_env.push(("MXSNAP_PAUSE_MS", "1500".into()));
+    let a = serve::start_with(&a_config, &a_env);
+    let b = serve::start_with(&b_config, &moto.env());
+
+    // A snapshot made by A is seen by B while it is made, and when done.
+    let snaps = format!("{}/snapshots", v2(ACC));
+    let created = a.post(&snaps, ALICE, r#"{"comment": "made on A"}"#);
+    assert_eq!(
+        created.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&created.body)
+    );
+    let id = created.json()["snapshot_id"].as_str().unwrap().to_string();
+    let seen = b.get(&format!("{snaps}/{id}"), ALICE);
+    assert_eq!(seen.status, 200, "{}", String::from_utf8_lossy(&seen.body));
+    assert!(
+        matches!(seen.json()["state"].as_str(), Some("queued" | "running")),
+        "{}",
+        seen.json()
+    );
+    let done = poll(&a, &format!("{snaps}/{id}"), finished);
+    assert_eq!(done.json()["state"], "completed", "{}", done.json());
+    let at_b = poll(&b, &format!("{snaps}/{id}"), finished);
+    assert_eq!(at_b.json()["state"], "completed");
+    assert_eq!(at_b.json()["comment"], "made on A");
+
+    // Its job is an object in the catalogue, named by service; nothing of it is on A's disk.
+    let jobs = job_objects(&moto, "fleet", "calc");
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0]["state"], "completed");
+    assert_eq!(jobs[0]["snapshot_id"], id.as_str());
+    assert!(jobs[0]["service"].is_string(), "{}", jobs[0]);
+    assert!(!dir.path().join("a-state/jobs").exists());
+    assert!(dir.path().join("a-state/secret").exists());
+
+    // A comment edited on B is what A shows.
+    let put = b.call(
+        "PUT",
+        &format!("{snaps}/{id}"),
+        Some(ALICE),
+        Some(r#"{"comment": "edited on B"}"#),
+        &[],
+    );
+    assert_eq!(put.status, 200, "{}", String::from_utf8_lossy(&put.body));
+    assert_eq!(
+        a.get(&format!("{snaps}/{id}"), ALICE).json()["comment"],
+        "edited on B"
+    );
+
+    // B's v1 list and links: the archive streams out of the bucket into B's own state.
+    let listed = b
+        .get(&format!("{}/snapshots", v1("acceptance")), ALICE)
+        .json();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed[0]["SnapshotID"], id.as_str());
+    let links = poll(&b, &format!("{}/snapshots/{id}", v1("acceptance")), |r| {
+        r.status != 500
+    });
+    assert_eq!(
+        links.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&links.body)
+    );
+    let links = links.json();
+    for (key, name) in [
+        ("DatabaseAndFiles", "full.tar.gz"),
+        ("FilesOnly", "files.tar.gz"),
+    ] {
+        let url = links[key].as_str().unwrap();
+        assert!(url.starts_with(&b.base), "{url}");
+        let got = b.call("GET", url, None, None, &[]);
+        assert_eq!(got.status, 200, "{key}");
+        let file = serve::save(dir.path(), name, &got.body);
+        ok(mxsnap(&["verify", file.to_str().unwrap()]));
+    }
+
+    // An archive job on B: its record in the bucket, its file in B's state.
+    let job = b.post(
+        &format!("{snaps}/{id}/archives?data_type=database_only"),
+        ALICE,
+        "",
+    );
+    assert_eq!(job.status, 201, "{}", String::from_utf8_lossy(&job.body));
+    let archive = job.json()["archive_id"].as_str().unwrap().to_string();
+    let job = poll(&b, &format!("{snaps}/{id}/archives/{archive}"), finished).json();
+    assert_eq!(job["state"], "completed", "{job}");
+    let got = b.call("GET", job["url"].as_str().unwrap(), None, None, &[]);
+    assert_eq!(got.status, 200);
+    let file = serve::save(dir.path(), "db.backup", &got.body);
+    ok(mxsnap(&["verify", file.to_str().unwrap()]));
+
+    // B restores A's snapshot into its Test environment: rows and the referenced files arrive.
+    let restored = b.post(&format!("{}/restore/{id}", v1("test")), ALICE, "");
+    assert_eq!(
+        restored.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&restored.body)
+    );
+    assert_eq!(target.db.checksums(), source.checksums());
+    let wanted = expected_tree(&source);
+    let referenced: std::collections::BTreeMap<_, _> = tree_hashes(&store())
+        .into_iter()
+        .filter(|(rel, _)| wanted.contains(rel))
+        .collect();
+    assert_eq!(tree_hashes(&target.files), referenced);
+    let jobs = job_objects(&moto, "fleet", "calc");
+    assert_eq!(
+        jobs.len(),
+        3,
+        "a snapshot, an archive and a restore: {jobs:?}"
+    );
+    assert!(jobs.iter().all(|j| j["state"] == "completed"), "{jobs:?}");
+    let services: std::collections::BTreeSet<_> = jobs
+        .iter()
+        .map(|j| j["service"].as_str().unwrap())
+        .collect();
+    assert_eq!(services.len(), 2, "A's and B's: {jobs:?}");
+    a.kill();
+
+    // A killed while it makes a snapshot: B's restart leaves that job alone (it is A's, on the
+    // same machine); A's own restart fails it as interrupted.
+    let mut slow_env = moto.env();
+    slow_env.push(("MXSNAP_PAUSE_AT", "create-writing".into()));
+    slow_env.push(("MXSNAP_PAUSE_MS", "60000".into()));
+    let a = serve::start_with(&a_config, &slow_env);
+    let created = a.post(&snaps, ALICE, "");
+    assert_eq!(
+        created.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&created.body)
+    );
+    let second = created.json()["snapshot_id"].as_str().unwrap().to_string();
+    let job_of = |moto: &Moto| {
+        job_objects(moto, "fleet", "calc")
+            .into_iter()
+            .find(|j| j["snapshot_id"] == second.as_str())
+    };
+    let t0 = Instant::now();
+    while job_of(&moto).is_none_or(|j| j["state"] != "running") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            job_of(&moto)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    a.kill();
+    let (status, log) = b.terminate();
+    assert!(status.success(), "{log}");
+    let b = serve::start_with(&b_config, &moto.env());
+    assert_eq!(
+        job_of(&moto).unwrap()["state"],
+        "running",
+        "B judged A's job"
+    );
+    let a = serve::start_with(&a_config, &moto.env());
+    let job = job_of(&moto).unwrap();
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(
+        job["status_message"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted"),
+        "{job}"
+    );
+    assert!(a.log.lock().unwrap().contains("interrupted"));
+    // The snapshot it was making is Failed, and every job B sees is as it was.
+    let snap = poll(&b, &format!("{snaps}/{second}"), finished);
+    assert_eq!(snap.json()["state"], "failed", "{}", snap.json());
+    drop((a, b));
 }

@@ -114,14 +114,14 @@ pub(crate) struct Server {
     agent: ureq::Agent,
 }
 
-struct Reply {
-    status: u16,
-    body: Vec<u8>,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) body: Vec<u8>,
     headers: Vec<(String, String)>,
 }
 
 impl Reply {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
             panic!(
                 "{} is not JSON ({e}): {}",
@@ -130,7 +130,7 @@ impl Reply {
             )
         })
     }
-    fn code(&self) -> String {
+    pub(crate) fn code(&self) -> String {
         self.json()["errorCode"].as_str().unwrap_or("").to_string()
     }
     fn header(&self, name: &str) -> Option<&str> {
@@ -142,8 +142,16 @@ impl Reply {
 }
 
 pub(crate) fn start(setup: &Setup, env: &[(&str, &str)]) -> Server {
-    let mut cmd = mxsnap_cmd(&["serve", "--config", setup.config.to_str().unwrap()]);
-    cmd.envs(env.iter().copied())
+    start_with(&setup.config, env)
+}
+
+/// A service from the config file at `config`, with `env` added to its environment.
+pub(crate) fn start_with<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(
+    config: &Path,
+    env: &[(K, V)],
+) -> Server {
+    let mut cmd = mxsnap_cmd(&["serve", "--config", config.to_str().unwrap()]);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -184,7 +192,7 @@ pub(crate) fn start(setup: &Setup, env: &[(&str, &str)]) -> Server {
 }
 
 impl Server {
-    fn call(
+    pub(crate) fn call(
         &self,
         method: &str,
         path: &str,
@@ -227,11 +235,11 @@ impl Server {
         }
     }
 
-    fn get(&self, path: &str, user: (&str, &str)) -> Reply {
+    pub(crate) fn get(&self, path: &str, user: (&str, &str)) -> Reply {
         self.call("GET", path, Some(user), None, &[])
     }
 
-    fn post(&self, path: &str, user: (&str, &str), body: &str) -> Reply {
+    pub(crate) fn post(&self, path: &str, user: (&str, &str), body: &str) -> Reply {
         self.call("POST", path, Some(user), Some(body), &[])
     }
 
@@ -244,7 +252,7 @@ impl Server {
         (status, log)
     }
 
-    fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -269,16 +277,16 @@ fn wait_for(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     }
 }
 
-fn v1(mode: &str) -> String {
+pub(crate) fn v1(mode: &str) -> String {
     format!("/api/1/apps/calc/environments/{mode}")
 }
 
-fn v2(env: &str) -> String {
+pub(crate) fn v2(env: &str) -> String {
     format!("/api/v2/apps/{PROJECT}/environments/{env}")
 }
 
 /// Polls until `done` says so (a job or snapshot finishing), at most a minute.
-fn poll(server: &Server, path: &str, done: impl Fn(&Reply) -> bool) -> Reply {
+pub(crate) fn poll(server: &Server, path: &str, done: impl Fn(&Reply) -> bool) -> Reply {
     let t0 = Instant::now();
     loop {
         let r = server.get(path, ALICE);
@@ -294,11 +302,11 @@ fn poll(server: &Server, path: &str, done: impl Fn(&Reply) -> bool) -> Reply {
     }
 }
 
-fn finished(r: &Reply) -> bool {
+pub(crate) fn finished(r: &Reply) -> bool {
     matches!(r.json()["state"].as_str(), Some("completed" | "failed"))
 }
 
-fn save(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+pub(crate) fn save(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, bytes).unwrap();
     p
