@@ -351,14 +351,17 @@ fn failure(url: &str, what: &str, key: &str, e: object_store::Error) -> Error {
         err.with_hint(format!(
             "the bucket of {url} does not exist: make it, or give another with --repo"
         ))
-    } else if text.contains("InvalidAccessKeyId")
-        || text.contains("SignatureDoesNotMatch")
-        || text.contains("AccessDenied")
-        || text.contains("403")
-    {
+    } else if text.contains("InvalidAccessKeyId") || text.contains("SignatureDoesNotMatch") {
         err.with_hint(
             "the object store refused the credentials: check AWS_ACCESS_KEY_ID and \
              AWS_SECRET_ACCESS_KEY (and AWS_REGION)",
+        )
+    } else if text.contains("AccessDenied") || text.contains("403") {
+        // Valid keys can be denied too (a bucket policy, a key limited to other prefixes).
+        err.with_hint(
+            "the object store denied access: check AWS_ACCESS_KEY_ID and \
+             AWS_SECRET_ACCESS_KEY, and that they may read, write, list and delete under this \
+             bucket and prefix (and abort multipart uploads)",
         )
     } else if text.contains("connect")
         || text.contains("Connection refused")

@@ -18,7 +18,7 @@ use super::config::Environment;
 use super::download::{LINK_HOURS, constant_time_eq, link};
 use super::jobs::{Done, Job, JobKind, JobState};
 use crate::archive::Variant;
-use crate::catalog::{Record, Repo, State as SnapState};
+use crate::catalog::{Record, State as SnapState};
 use crate::error::{Error, ErrorKind};
 
 /// An error as the cloud's deploy APIs give it: `{"errorCode", "errorMessage"}`.
@@ -221,9 +221,6 @@ async fn blocking<T: Send + 'static>(
 
 /// The environment's snapshots, newest first (none when the catalogue is still empty).
 pub(super) fn list_records(svc: &Service, env: &Environment) -> Result<Vec<Record>, ApiError> {
-    if !Repo::exists(&svc.config.repo) {
-        return Ok(Vec::new());
-    }
     let failed = |e: Error| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -234,8 +231,8 @@ pub(super) fn list_records(svc: &Service, env: &Environment) -> Result<Vec<Recor
             ),
         )
     };
-    let repo = Repo::open(&svc.config.repo, false).map_err(failed)?;
-    let mut records = repo
+    let mut records = svc
+        .repo
         .list(Some(&env.catalog_name()), svc.config.timezone)
         .map_err(failed)?;
     records.sort_by_key(|r| std::cmp::Reverse(r.created_on));
@@ -249,11 +246,10 @@ pub(super) fn find_record(
     id: &str,
     same_app: bool,
 ) -> Result<Option<Record>, ApiError> {
-    if uuid::Uuid::parse_str(id).is_err() || !Repo::exists(&svc.config.repo) {
+    if uuid::Uuid::parse_str(id).is_err() {
         return Ok(None);
     }
-    let repo = Repo::open(&svc.config.repo, false).map_err(ApiError::from_lib)?;
-    let Ok(rec) = repo.get(id, svc.config.timezone) else {
+    let Ok(rec) = svc.repo.get(id, svc.config.timezone) else {
         return Ok(None);
     };
     let belongs = if same_app {
@@ -456,8 +452,8 @@ pub(super) fn start_restore(
         ));
     }
     let ticket = claim(svc, env)?;
-    let repo = Repo::open(&svc.config.repo, false).map_err(ApiError::from_lib)?;
-    let archive = repo
+    let archive = svc
+        .repo
         .completed(rec, "there is nothing to restore")
         .and_then(|a| a.into_source())
         .map_err(ApiError::from_lib)?;

@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use super::Service;
 use super::api::ApiError;
 use crate::archive::{Compression, Variant, cloud_file_name};
-use crate::catalog::{Record, Repo, State};
+use crate::catalog::{Record, State};
 use crate::crypt::Keys;
 use crate::error::{Error, Result};
 
@@ -129,7 +129,7 @@ fn prepared_path(state_dir: &Path, id: &str, variant: Variant) -> PathBuf {
 
 /// The file a download of `variant` of `rec` serves, preparing it when needed.
 pub fn prepare(svc: &Service, rec: &Record, variant: Variant) -> Result<PathBuf> {
-    let repo = Repo::open(&svc.config.repo, false)?;
+    let repo = &svc.repo;
     if variant == Variant::Full && !repo.is_object_store() {
         return repo.completed_archive(rec, "there is nothing to download");
     }
@@ -331,8 +331,7 @@ pub async fn download(svc: Arc<Service>, token: String, headers: HeaderMap) -> R
     };
     let svc2 = svc.clone();
     let found = tokio::task::spawn_blocking(move || -> std::result::Result<_, ApiError> {
-        let repo = Repo::open(&svc2.config.repo, false).map_err(ApiError::from_lib)?;
-        let rec = repo.get(&id, svc2.config.timezone).map_err(|_| {
+        let rec = svc2.repo.get(&id, svc2.config.timezone).map_err(|_| {
             ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "Snapshot not found.")
         })?;
         if rec.state != State::Completed {

@@ -35,6 +35,9 @@ pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
 
 pub struct Service {
     pub config: Config,
+    /// The catalogue, opened once: an object store's client (and its connections) is kept
+    /// for every request rather than made per request.
+    pub repo: crate::catalog::Repo,
     pub jobs: jobs::Jobs,
     pub secret: [u8; 32],
     /// How links start: `public_url`, or `http://<listen address>`.
@@ -154,6 +157,7 @@ pub fn run(config: Config, cancel: Cancel, log: Log, ready: impl FnOnce(SocketAd
         .unwrap_or_else(|| format!("http://{addr}"));
     let svc = Arc::new(Service {
         config,
+        repo,
         jobs,
         secret,
         base_url,
