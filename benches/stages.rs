@@ -189,6 +189,25 @@ fn level_sweep(_: &mut Criterion) {
     let rounds = 40;
     let mut out = Vec::with_capacity(2 << 20);
     for (kind, block) in [("letters", &letters), ("dump", &dump), ("source", &source)] {
+        {
+            let mut huff = zlib_rs::Deflate::new_with_config(zlib_rs::DeflateConfig {
+                level: 6,
+                window_bits: -15,
+                strategy: zlib_rs::Strategy::Rle,
+                ..Default::default()
+            });
+            let mut buf = vec![0u8; zlib_rs::compress_bound(block.len())];
+            let t = std::time::Instant::now();
+            let mut n = 0;
+            for _ in 0..rounds {
+                huff.reset();
+                huff.compress(block, &mut buf, zlib_rs::DeflateFlush::Finish)
+                    .unwrap();
+                n = huff.total_out();
+            }
+            let mibs = rounds as f64 / t.elapsed().as_secs_f64();
+            eprintln!("sweep {kind:8} run-length: zlib-rs {n:8} B {mibs:6.1} MiB/s");
+        }
         for level in 1..=9 {
             let mut zlib = flate2::Compress::new(flate2::Compression::new(level), false);
             let t = std::time::Instant::now();

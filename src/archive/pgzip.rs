@@ -3,8 +3,10 @@
 //! are one valid gzip stream (RFC 1952 §2.2): `gzip -d`, `tar xzf` and every reader that follows
 //! the RFC read them whole. Blocks of 1 MiB cost well under 1 % of ratio against one member.
 //!
-//! Members are deflated by libdeflate, which works on whole buffers, as these are, at about
-//! twice the speed of zlib for the same level (benches/stages.rs). Every member's header
+//! Members are deflated by libdeflate, which works on whole buffers, as these are, faster than
+//! zlib for the same level on text and dumps (benches/stages.rs); 64 KiB segments that LZ77
+//! cannot shrink are stored (too dense) or coded by zlib-rs's run-length strategy (skewed bytes,
+//! nothing repeated), which skips the search for matches that are not there. Every member's header
 //! carries an extra field (RFC 1952 §2.3.1.1, as BGZF does with `BC`): subfield `MX` holds the
 //! member's whole length, so a reader can cut the stream into members without inflating it and
 //! inflate them on every core ([`ParallelGzDecoder`]). Other readers skip the field.
@@ -120,41 +122,138 @@ const STORE_ABOVE_BITS: f64 = 7.9;
 /// Segments that cannot shrink are written as stored deflate blocks instead of being run
 /// through the compressor, which spends most of its time searching for matches in them for
 /// nothing; the output is the same size (deflate itself falls back to stored blocks for such
-/// data) at a fraction of the CPU. Each run of segments of one kind is a member of its own,
-/// since libdeflate ends every stream it makes with a final block.
-fn compress(block: &[u8], deflater: &mut Compressor, mut out: Vec<u8>) -> io::Result<Vec<u8>> {
+/// data) at a fraction of the CPU. Likewise segments with next to nothing repeated are coded
+/// with Huffman codes and runs alone. Each run of segments of one kind is a member of its own, since
+/// each coder ends every stream it makes with a final block.
+fn compress(block: &[u8], deflaters: &mut Deflaters, mut out: Vec<u8>) -> io::Result<Vec<u8>> {
     out.clear();
     out.reserve(block.len() / 2 + 64);
     if block.is_empty() {
-        member(&[], true, deflater, &mut out)?;
+        member(&[], Kind::Stored, deflaters, &mut out)?;
         return Ok(out);
     }
+    let level = deflaters.level;
+    let classify = |segment: &[u8]| {
+        let kind = classify(segment);
+        if kind == Kind::RunLength && level == 0 {
+            Kind::Deflated // level 0 is libdeflate's stored-only
+        } else {
+            kind
+        }
+    };
     let mut start = 0;
     while start < block.len() {
-        let stored = is_incompressible(&block[start..(start + SEGMENT).min(block.len())]);
+        let kind = classify(&block[start..(start + SEGMENT).min(block.len())]);
         let mut end = (start + SEGMENT).min(block.len());
-        while end < block.len()
-            && is_incompressible(&block[end..(end + SEGMENT).min(block.len())]) == stored
-        {
+        while end < block.len() && classify(&block[end..(end + SEGMENT).min(block.len())]) == kind {
             end = (end + SEGMENT).min(block.len());
         }
-        member(&block[start..end], stored, deflater, &mut out)?;
+        member(&block[start..end], kind, deflaters, &mut out)?;
         start = end;
     }
     Ok(out)
 }
 
-/// Appends one gzip member holding `data`, deflated or stored.
-fn member(
-    data: &[u8],
-    stored: bool,
-    deflater: &mut Compressor,
-    out: &mut Vec<u8>,
-) -> io::Result<()> {
+/// What a segment is made into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Stored blocks: too dense to shrink.
+    Stored,
+    /// Huffman codes and runs of one byte only (zlib's run-length strategy): skewed bytes
+    /// with next to nothing repeated but runs (a tar header's zeros), where LZ77 searches at
+    /// length for matches it does not find.
+    RunLength,
+    /// Deflated by libdeflate at the chosen level.
+    Deflated,
+}
+
+fn classify(segment: &[u8]) -> Kind {
+    if is_incompressible(segment) {
+        Kind::Stored
+    } else if few_repeats(segment) {
+        Kind::RunLength
+    } else {
+        Kind::Deflated
+    }
+}
+
+/// A worker's compressors, kept for every block it makes.
+pub(crate) struct Deflaters {
+    level: u32,
+    lz: Compressor,
+    /// zlib-rs with the run-length strategy, raw deflate: three to four times libdeflate's
+    /// speed on segments LZ77 cannot shrink, at the same size (benches/stages.rs).
+    run_length: zlib_rs::Deflate,
+}
+
+impl Deflaters {
+    pub(crate) fn new(level: u32) -> Deflaters {
+        let level = level.min(9);
+        Deflaters {
+            level,
+            lz: Compressor::new(CompressionLvl::new(level as i32).expect("levels 0 to 9 exist")),
+            run_length: zlib_rs::Deflate::new_with_config(zlib_rs::DeflateConfig {
+                level: 6,
+                window_bits: -15,
+                strategy: zlib_rs::Strategy::Rle,
+                ..Default::default()
+            }),
+        }
+    }
+}
+
+/// Whether LZ77 would find next to nothing in a segment but runs of one byte: repeats of 8
+/// bytes or more, found as a greedy matcher with one candidate per hash finds them, cover under
+/// 1/64 of it. Such a segment deflates to its Huffman coding (and runs) at any level, so coding
+/// it without the search costs at most that 1/64. Text, dumps and code repeat far more and stop
+/// the scan early. Only every other position is looked at; a repeat an odd distance back is
+/// seen at twice that distance when it recurs (periodic records), a single one not at all.
+fn few_repeats(segment: &[u8]) -> bool {
+    if segment.len() < 4096 {
+        return false;
+    }
+    // Each slot keeps a tag (the hash's other bits) of the last 8 bytes that hashed there: a
+    // tag that matches is a repeat (a false one once in 2^32, harmless to an estimate), found
+    // without reading the earlier bytes back. Big enough that a position 32 KiB back
+    // (deflate's window) is mostly still there.
+    const BITS: u32 = 15;
+    let mut table = [0u32; 1 << BITS];
+    let limit = segment.len() / 64;
+    let mut covered = 0;
+    let mut i = 0;
+    let words = segment.len() - 7;
+    while i < words {
+        let w = u64::from_le_bytes(segment[i..i + 8].try_into().expect("8 bytes"));
+        if w == w.rotate_left(8) {
+            // A run of one byte (a tar header's or padding's zeros): run-length coding takes
+            // it, no search needed.
+            i += 8;
+            continue;
+        }
+        let h = w.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let slot = (h >> (64 - BITS)) as usize;
+        let tag = ((w.wrapping_mul(0xC2B2_AE3D_27D4_EB4F) >> 32) as u32) | 1;
+        if std::mem::replace(&mut table[slot], tag) == tag {
+            // Every other position is looked at, so half the repeats (those an odd distance
+            // back) go unseen: each one seen counts for two.
+            covered += 16;
+            if covered > limit {
+                return false;
+            }
+            i += 8;
+        } else {
+            i += 2;
+        }
+    }
+    true
+}
+
+/// Appends one gzip member holding `data`, coded as `kind` says.
+fn member(data: &[u8], kind: Kind, deflaters: &mut Deflaters, out: &mut Vec<u8>) -> io::Result<()> {
     let begin = out.len();
     out.extend_from_slice(&HEADER_PREFIX);
     out.extend_from_slice(&[0; 4]);
-    if stored {
+    if kind == Kind::Stored {
         let mut pieces = data.chunks(u16::MAX as usize).peekable();
         if pieces.peek().is_none() {
             out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]); // empty, stored, final
@@ -167,10 +266,25 @@ fn member(
             out.extend_from_slice(&(!len).to_le_bytes());
             out.extend_from_slice(piece);
         }
+    } else if kind == Kind::RunLength {
+        let at = out.len();
+        out.resize(at + zlib_rs::compress_bound(data.len()), 0);
+        let coder = &mut deflaters.run_length;
+        coder.reset();
+        match coder.compress(data, &mut out[at..], zlib_rs::DeflateFlush::Finish) {
+            Ok(zlib_rs::Status::StreamEnd) => {}
+            other => {
+                return Err(io::Error::other(format!(
+                    "run-length coding a segment failed: {other:?}"
+                )));
+            }
+        }
+        out.truncate(at + coder.total_out() as usize);
     } else {
         let at = out.len();
-        out.resize(at + deflater.deflate_compress_bound(data.len()), 0);
-        let n = deflater
+        out.resize(at + deflaters.lz.deflate_compress_bound(data.len()), 0);
+        let n = deflaters
+            .lz
             .deflate_compress(data, &mut out[at..])
             .map_err(io::Error::other)?;
         out.truncate(at + n);
@@ -227,11 +341,10 @@ impl<W: Write> ParallelGzEncoder<W> {
         // A reader refuses members longer than that.
         assert!(block_size <= BLOCK, "gzip blocks are at most {BLOCK} bytes");
         let workers = workers.max(1);
-        // One compressor a worker: its tables (a few hundred KiB) are not reallocated a
-        // thousand times a GiB.
-        let level = CompressionLvl::new(level.min(9) as i32).expect("levels 0 to 9 exist");
+        // One set of compressors a worker: their tables (a few hundred KiB) are not
+        // reallocated a thousand times a GiB.
         let (job_tx, done_rx, handles) =
-            spawn_workers(workers, move || Compressor::new(level), compress);
+            spawn_workers(workers, move || Deflaters::new(level), compress);
         ParallelGzEncoder {
             inner: Some(inner),
             block: Vec::with_capacity(block_size),
@@ -632,6 +745,93 @@ mod tests {
             .collect()
     }
 
+    /// Prose of a small vocabulary: repeats of every length, as text and dumps have.
+    fn words(n: usize) -> Vec<u8> {
+        let vocabulary = [
+            "backup ",
+            "restore ",
+            "the ",
+            "database ",
+            "files ",
+            "of ",
+            "snapshot ",
+            "app ",
+            "environment ",
+            "and ",
+            "stream ",
+            "archive\n",
+        ];
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut out = Vec::with_capacity(n + 16);
+        while out.len() < n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.extend_from_slice(vocabulary[(x % 12) as usize].as_bytes());
+        }
+        out.truncate(n);
+        out
+    }
+
+    #[test]
+    fn segments_are_classified_by_density_and_repeats() {
+        assert_eq!(classify(&noise(SEGMENT, 3)), Kind::Stored);
+        assert_eq!(classify(&data(SEGMENT)), Kind::RunLength);
+        assert_eq!(classify(&words(SEGMENT)), Kind::Deflated);
+        // Runs of one byte are run-length coded (at distance 1) without a search.
+        assert_eq!(classify(&vec![0u8; SEGMENT]), Kind::RunLength);
+        // Skewed bytes with a repeated stretch of a tenth: worth LZ77.
+        let mut mixed = data(SEGMENT);
+        let (head, tail) = mixed.split_at_mut(SEGMENT / 2);
+        tail[..SEGMENT / 10].copy_from_slice(&head[..SEGMENT / 10]);
+        assert_eq!(classify(&mixed), Kind::Deflated);
+        // Records of an odd length repeated: seen at twice the distance.
+        let record = data(333);
+        let periodic: Vec<u8> = record.iter().copied().cycle().take(SEGMENT).collect();
+        assert_eq!(classify(&periodic), Kind::Deflated);
+        // Short ones are left to deflate.
+        assert_eq!(classify(&data(4000)), Kind::Deflated);
+    }
+
+    #[test]
+    fn run_length_coded_segments_decode_and_are_as_small_as_deflated() {
+        let mut input = data(3 * SEGMENT + 123);
+        input.extend(words(SEGMENT));
+        input.extend(data(2 * SEGMENT));
+        let ours = compress(&input, &mut Deflaters::new(6), Vec::new()).unwrap();
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(&ours[..])
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, input);
+        assert_eq!(parallel_decode(&ours).unwrap(), input);
+        // Against libdeflate at level 6 over the same runs: within 1 %.
+        let mut lz = Compressor::new(CompressionLvl::new(6).unwrap());
+        let mut buf = vec![0u8; lz.deflate_compress_bound(input.len())];
+        let whole = lz.deflate_compress(&input, &mut buf).unwrap() as f64;
+        assert!(
+            (ours.len() as f64) < whole * 1.01,
+            "{} vs {whole}",
+            ours.len()
+        );
+        if let Ok(mut child) = std::process::Command::new("gzip")
+            .args(["-t", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+        {
+            child.stdin.take().unwrap().write_all(&ours).unwrap();
+            assert!(child.wait().unwrap().success(), "gzip -t refused it");
+        }
+        // Level 0 stores: nothing is run-length coded there.
+        let stored = compress(&input, &mut Deflaters::new(0), Vec::new()).unwrap();
+        assert!(
+            stored.len() > input.len(),
+            "{} of {}",
+            stored.len(),
+            input.len()
+        );
+    }
+
     #[test]
     fn dense_segments_are_stored_and_the_stream_still_decodes() {
         // Text, noise, text, a short noise tail: runs of both kinds and odd lengths.
@@ -639,8 +839,7 @@ mod tests {
         input.extend(noise(3 * SEGMENT + 999, 7));
         input.extend(data(SEGMENT + 5));
         input.extend(noise(5000, 9));
-        let mut deflater = Compressor::new(CompressionLvl::new(6).unwrap());
-        let member = compress(&input, &mut deflater, Vec::new()).unwrap();
+        let member = compress(&input, &mut Deflaters::new(6), Vec::new()).unwrap();
         let mut out = Vec::new();
         flate2::read::MultiGzDecoder::new(&member[..])
             .read_to_end(&mut out)
