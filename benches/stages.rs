@@ -167,12 +167,8 @@ fn dump_like(len: usize) -> Vec<u8> {
     out
 }
 
-/// Size and speed of every level of zlib-rs and libdeflate on one 1 MiB block of each kind
-/// of data, printed as a table (a sweep, not a criterion measurement: 20 rounds each).
-fn level_sweep(_: &mut Criterion) {
-    let letters = text_block();
-    let dump = dump_like(1 << 20);
-    // Prose and code, repeats of every length: this crate's own sources, read until 1 MiB.
+/// Prose and code, repeats of every length: this crate's own sources, read until 1 MiB.
+fn source_block() -> Vec<u8> {
     let mut source = Vec::new();
     for entry in
         walkdir::WalkDir::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src")).sort_by_file_name()
@@ -186,6 +182,15 @@ fn level_sweep(_: &mut Criterion) {
         source.extend_from_within(..);
     }
     source.truncate(1 << 20);
+    source
+}
+
+/// Size and speed of every level of zlib-rs and libdeflate on one 1 MiB block of each kind
+/// of data, printed as a table (a sweep, not a criterion measurement: 20 rounds each).
+fn level_sweep(_: &mut Criterion) {
+    let letters = text_block();
+    let dump = dump_like(1 << 20);
+    let source = source_block();
     let rounds = 40;
     let mut out = Vec::with_capacity(2 << 20);
     for (kind, block) in [("letters", &letters), ("dump", &dump), ("source", &source)] {
@@ -257,5 +262,55 @@ fn level_sweep(_: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, codecs, tar_stage, deflate_block, level_sweep);
+/// zstd level 3 with its defaults and with longer minimum matches and smaller tables, on one
+/// 1 MiB block of each kind (a sweep printed as a table, 20 rounds each).
+fn zstd_sweep(_: &mut Criterion) {
+    use zstd::stream::raw::CParameter;
+    let letters = text_block();
+    let dump = dump_like(1 << 20);
+    let source = source_block();
+    let configs: [(&str, &[CParameter]); 5] = [
+        ("level 3", &[]),
+        ("mml 6", &[CParameter::MinMatch(6)]),
+        (
+            "mml 6 h16 c15",
+            &[
+                CParameter::MinMatch(6),
+                CParameter::HashLog(16),
+                CParameter::ChainLog(15),
+            ],
+        ),
+        ("mml 7", &[CParameter::MinMatch(7)]),
+        (
+            "h16 c15",
+            &[CParameter::HashLog(16), CParameter::ChainLog(15)],
+        ),
+    ];
+    for (kind, block) in [("letters", &letters), ("dump", &dump), ("source", &source)] {
+        for (name, params) in configs {
+            let rounds = 20;
+            let mut n = 0;
+            let t = std::time::Instant::now();
+            for _ in 0..rounds {
+                let mut e = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+                for p in params {
+                    e.set_parameter(*p).unwrap();
+                }
+                e.write_all(block).unwrap();
+                n = e.finish().unwrap().len();
+            }
+            let mibs = rounds as f64 / t.elapsed().as_secs_f64();
+            eprintln!("zsweep {kind:8} {name:14}: {n:8} B {mibs:7.1} MiB/s");
+        }
+    }
+}
+
+criterion_group!(
+    benches,
+    codecs,
+    tar_stage,
+    deflate_block,
+    level_sweep,
+    zstd_sweep
+);
 criterion_main!(benches);
