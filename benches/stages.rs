@@ -195,7 +195,7 @@ fn level_sweep(_: &mut Criterion) {
     let mut out = Vec::with_capacity(2 << 20);
     for (kind, block) in [("letters", &letters), ("dump", &dump), ("source", &source)] {
         {
-            let mut huff = zlib_rs::Deflate::new_with_config(zlib_rs::DeflateConfig {
+            let mut run_length = zlib_rs::Deflate::new_with_config(zlib_rs::DeflateConfig {
                 level: 6,
                 window_bits: -15,
                 strategy: zlib_rs::Strategy::Rle,
@@ -205,10 +205,11 @@ fn level_sweep(_: &mut Criterion) {
             let t = std::time::Instant::now();
             let mut n = 0;
             for _ in 0..rounds {
-                huff.reset();
-                huff.compress(block, &mut buf, zlib_rs::DeflateFlush::Finish)
+                run_length.reset();
+                run_length
+                    .compress(block, &mut buf, zlib_rs::DeflateFlush::Finish)
                     .unwrap();
-                n = huff.total_out();
+                n = run_length.total_out();
             }
             let mibs = rounds as f64 / t.elapsed().as_secs_f64();
             eprintln!("sweep {kind:8} run-length: zlib-rs {n:8} B {mibs:6.1} MiB/s");
