@@ -356,7 +356,9 @@ fn failure(url: &str, what: &str, key: &str, e: object_store::Error) -> Error {
             "the object store refused the credentials: check AWS_ACCESS_KEY_ID and \
              AWS_SECRET_ACCESS_KEY (and AWS_REGION)",
         )
-    } else if text.contains("AccessDenied") || text.contains("403") {
+    } else if text.contains("AccessDenied")
+        || matches!(e, object_store::Error::PermissionDenied { .. })
+    {
         // Valid keys can be denied too (a bucket policy, a key limited to other prefixes).
         err.with_hint(
             "the object store denied access: check AWS_ACCESS_KEY_ID and \
@@ -605,5 +607,45 @@ impl Read for ObjectReader {
         self.chunk = self.chunk.slice(n..);
         self.offset += n as u64;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generic(text: &str) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "S3",
+            source: text.to_string().into(),
+        }
+    }
+
+    #[test]
+    fn a_port_with_403_in_it_is_not_a_refusal() {
+        // A CI run once chose port 40321 for "nothing listening" and got the permissions hint.
+        let e = failure(
+            "s3://team",
+            "listing",
+            "x",
+            generic(
+                "error sending request for url (http://127.0.0.1:40321/team): Connection refused",
+            ),
+        );
+        assert!(e.hint().unwrap().contains("cannot be reached"), "{e:?}");
+    }
+
+    #[test]
+    fn a_403_is_a_refusal() {
+        let e = failure(
+            "s3://team",
+            "listing",
+            "x",
+            object_store::Error::PermissionDenied {
+                path: "x".into(),
+                source: "Server returned non-2xx status code: 403 Forbidden".into(),
+            },
+        );
+        assert!(e.hint().unwrap().contains("denied access"), "{e:?}");
     }
 }

@@ -236,7 +236,23 @@ pub(super) fn list_records(svc: &Service, env: &Environment) -> Result<Vec<Recor
         .list(Some(&env.catalog_name()), svc.config.timezone)
         .map_err(failed)?;
     records.sort_by_key(|r| std::cmp::Reverse(r.created_on));
-    Ok(records)
+    Ok(records.into_iter().map(|r| as_served(svc, r)).collect())
+}
+
+/// A snapshot as the service shows it: while the job making it has not ended (its archive may
+/// already be catalogued as completed), it has the job's state, so that whoever sees it
+/// completed finds its environment free for the next job.
+fn as_served(svc: &Service, mut rec: Record) -> Record {
+    if let Some(job) = svc.jobs.running_for_snapshot(&rec.id) {
+        let state = match job.state {
+            JobState::Queued => SnapState::Queued,
+            JobState::Running => SnapState::Running,
+            JobState::Completed | JobState::Failed => return rec,
+        };
+        rec.state = state;
+        rec.finished_on = None;
+    }
+    rec
 }
 
 /// One snapshot of `env` (or, with `same_app`, of any environment of its app) by its full id.
@@ -259,7 +275,7 @@ pub(super) fn find_record(
     } else {
         rec.environment == env.catalog_name()
     };
-    Ok(belongs.then_some(rec))
+    Ok(belongs.then(|| as_served(svc, rec)))
 }
 
 /// Claims `env` for a new job: refused while the service stops or another job holds it.

@@ -345,6 +345,7 @@ impl Jobs {
             record.updated_at = Utc::now();
             let _ = inner.save(&record);
             let result = work(&tracker, &inner.cancel);
+            crate::sys::crash_point("job-ending");
             let now = Utc::now();
             record.updated_at = now;
             record.finished_at = Some(now);
@@ -364,8 +365,10 @@ impl Jobs {
                     record.status_message = Some(message);
                 }
             }
-            let _ = inner.save(&record);
+            // The final record is written under the lock that claims take, so that whoever
+            // sees the job ended finds its environment free.
             let mut s = inner.lock();
+            let _ = inner.save(&record);
             s.busy.remove(&environment);
             s.trackers.remove(&record.id);
             s.making.retain(|_, j| *j != record.id);

@@ -538,6 +538,47 @@ fn v1_error_codes_have_the_seeds_statuses() {
     server.kill();
 }
 
+/// The archive is catalogued before its job has ended; until the job ends the snapshot shows
+/// running, so a client that sees it completed may start the next job at once (a CI run once
+/// got ENVIRONMENT_BUSY there).
+#[test]
+fn a_snapshot_seen_completed_leaves_its_environment_free() {
+    let s = setup("srvfree");
+    let server = start(
+        &s,
+        &[
+            ("MXSNAP_PAUSE_AT", "job-ending"),
+            ("MXSNAP_PAUSE_MS", "1500"),
+        ],
+    );
+    let snaps = format!("{}/snapshots", v2(ACC));
+    let created = server.post(&snaps, ALICE, "");
+    assert_eq!(created.status, 201);
+    let id = created.json()["snapshot_id"].as_str().unwrap().to_string();
+    let seen_running_when_catalogued = std::cell::Cell::new(false);
+    let done = poll(&server, &format!("{snaps}/{id}"), |r| {
+        let catalogued = s.dir.path().join(format!("repo/snapshots/{id}.json"));
+        let ended = finished(r);
+        if !ended && std::fs::read_to_string(&catalogued).is_ok_and(|t| t.contains("ompleted")) {
+            seen_running_when_catalogued.set(true);
+        }
+        ended
+    });
+    assert_eq!(done.json()["state"], "completed", "{}", done.json());
+    let next = server.post(&snaps, ALICE, "");
+    assert_eq!(next.status, 201, "{}", String::from_utf8_lossy(&next.body));
+    poll(
+        &server,
+        &format!("{snaps}/{}", next.json()["snapshot_id"].as_str().unwrap()),
+        finished,
+    );
+    server.kill();
+    assert!(
+        seen_running_when_catalogued.get(),
+        "the pause after the work did not show: the test checks nothing"
+    );
+}
+
 #[test]
 fn v2_jobs_archives_ranges_comments_and_deletes() {
     let s = setup("srv2");
