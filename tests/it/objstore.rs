@@ -1,7 +1,6 @@
 //! The catalogue in an object store (`--repo s3://bucket/prefix`), against a real
 //! S3-protocol server: moto's, started on a free loopback port (`.ci/run` installs it).
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,30 +16,42 @@ struct Moto {
 
 impl Moto {
     fn start() -> Moto {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         // On PATH, or where .ci/run puts it.
         let program = if Command::new("moto_server").arg("--help").output().is_ok() {
             "moto_server".to_string()
         } else {
             "/opt/mxsnap-ci/moto/bin/moto_server".to_string()
         };
-        let child = Command::new(program)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("moto_server (pip install \"moto[server]\"; .ci/run installs it)");
-        let moto = Moto { child, port };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while ureq::get(&moto.url("/")).call().is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not start");
-            std::thread::sleep(Duration::from_millis(200));
+        for _attempt in 0..3 {
+            let port = free_port();
+            let child = Command::new(&program)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("moto_server (pip install \"moto[server]\"; .ci/run installs it)");
+            let mut moto = Moto { child, port };
+            // Up when the port answers as S3 does and our process still runs (had another
+            // server taken the port, moto would have exited).
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if moto.child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                let answer = ureq::get(&moto.url("/"))
+                    .call()
+                    .ok()
+                    .and_then(|mut r| r.body_mut().read_to_string().ok());
+                if answer.is_some_and(|b| b.contains("ListAllMyBucketsResult"))
+                    && moto.child.try_wait().unwrap().is_none()
+                {
+                    return moto;
+                }
+                assert!(Instant::now() < deadline, "moto_server did not start");
+                std::thread::sleep(Duration::from_millis(200));
+            }
         }
-        moto
+        panic!("moto_server exited at start three times (its ports taken?)");
     }
 
     fn url(&self, path: &str) -> String {
@@ -481,9 +492,7 @@ fn a_missing_bucket_or_no_server_is_a_clear_error_with_the_fix() {
     );
 
     // Nothing listening: a clear error, soon.
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let port = free_port();
     let mut cmd = mxsnap_cmd(&["snapshots", "list", "--repo", "s3://team/x"]);
     cmd.envs(moto.env())
         .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"));

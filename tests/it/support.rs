@@ -8,6 +8,25 @@ use std::process::{Command, Output};
 
 use crate::harness::{self, Db};
 
+/// A loopback port that is free now and that no other test of this process was given: a
+/// server started on it will not meet another test's server there (the kernel may still hand
+/// it to a `bind(0)` before the server binds it; servers' start-ups check that they got it).
+pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
 pub struct Run {
     pub code: i32,
     pub stdout: String,

@@ -1,7 +1,6 @@
 //! A small W3C WebDriver client (blocking, over ureq) for Debian's chromedriver driving its
 //! headless Chromium: only what the Backups page tests need.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -42,11 +41,7 @@ impl Browser {
         );
         let chromium = find_program(&["chromium", "chromium-browser", "google-chrome"])
             .expect("chromium not found: install Debian's chromium (.ci/run does)");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::support::free_port();
         let driver = Command::new(chromedriver)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())
