@@ -59,15 +59,22 @@ settle() {
   { find "$S" "$work/pg/data" -type f -print0; find "$out" -maxdepth 1 -type f -print0; } \
     | xargs -0 cat > /dev/null 2>&1 || true
 }
-# measure NAME GROUP CMD: time one run, record seconds, peak RSS (KiB) and output size.
+# Whole-machine CPU time so far, in clock ticks: user, nice, system, irq and softirq of every
+# process, the server's backends and the kernel's writeback included (/proc/stat).
+cpu_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+hz=$(getconf CLK_TCK); cores=$(nproc)
+# measure NAME GROUP CMD: time one run, record seconds, peak RSS (KiB), output size and the
+# whole machine's CPU seconds over the run.
 measure() {
   local name=$1 group=$2 cmd=$3
   settle
+  local t0; t0=$(cpu_ticks)
   /usr/bin/time -f "%e %M" -o "$work/time" bash -c "$cmd" >/dev/null 2>>"$work/log" \
     || { echo "bench: $name failed, see $work/log" >&2; tail -5 "$work/log" >&2; exit 1; }
+  local cpu; cpu=$(awk -v a="$t0" -v b="$(cpu_ticks)" -v hz="$hz" 'BEGIN { printf "%.2f", (b - a) / hz }')
   read -r secs kb < "$work/time"
   local size=0; [ -f "$out/$name" ] && size=$(stat -c %s "$out/$name")
-  echo "$group $name $secs $kb $size" >> "$results"
+  echo "$group $name $secs $kb $size $cpu" >> "$results"
 }
 # A new, empty directory for each unpack (see above); $x names it.
 n_fresh=0
@@ -110,25 +117,31 @@ for run in $(seq 1 "$runs"); do
   fi
 done
 
-python3 - "$results" "$size_mb" <<'PY'
+python3 - "$results" "$size_mb" "$cores" <<'PY'
 import statistics, sys, collections
 rows = collections.defaultdict(list)
 for line in open(sys.argv[1]):
-    g, n, s, kb, size = line.split()
-    rows[(g, n)].append((float(s), int(kb), int(size)))
-med = {k: (statistics.median(x[0] for x in v), max(x[1] for x in v), v[-1][2]) for k, v in rows.items()}
-mb = int(sys.argv[2])
+    g, n, s, kb, size, cpu = line.split()
+    rows[(g, n)].append((float(s), int(kb), int(size), float(cpu)))
+med = {k: (statistics.median(x[0] for x in v), max(x[1] for x in v), v[-1][2],
+           statistics.median(x[3] for x in v)) for k, v in rows.items()}
+mb, cores = int(sys.argv[2]), int(sys.argv[3])
 pairs = {"tar-czf": "mx-gzip", "tar-pigz": "mx-gzip", "tar-zstd": "mx-zstd",
          "tar-xzf": "mx-unpack-gzip", "pigz-tar-x": "mx-unpack-gzip", "zstd-tar-x": "mx-unpack-zstd",
          "dump-then-tar-gzip": "mx-full", "dump-then-tar-pigz": "mx-full", "pg_dump-Z0": "mx-full",
          "pg_restore-then-tar-x": "mx-restore"}
 print(f"store {mb} MiB; medians of {max(len(v) for v in rows.values())} run(s)")
-print(f"{'scenario':24} {'group':7} {'seconds':>8} {'MB/s':>8} {'peak RSS':>9} {'output MB':>10} {'ratio':>12}")
-for (g, n), (s, kb, size) in med.items():
+# cpu s: the whole machine's CPU seconds over the run; "of bound": the run's seconds against
+# that work spread over every core (1.00 = the cores were busy from start to end).
+print(f"{'scenario':24} {'group':7} {'seconds':>8} {'MB/s':>8} {'peak RSS':>9} {'output MB':>10} {'cpu s':>7} {'of bound':>8} {'ratio':>12}")
+for (g, n), (s, kb, size, cpu) in med.items():
     ratio = ""
     if n in pairs and (g, pairs[n]) in med:
         ratio = f"{s / med[(g, pairs[n])][0]:.2f}x for mx"
-    print(f"{n:24} {g:7} {s:8.2f} {mb * 1.048576 / s if s else 0:8.1f} {kb / 1024:8.1f}M {size / 1e6:10.1f} {ratio:>12}")
+    bound = s / (cpu / cores) if cpu else 0
+    print(f"{n:24} {g:7} {s:8.2f} {mb * 1.048576 / s if s else 0:8.1f} {kb / 1024:8.1f}M {size / 1e6:10.1f} {cpu:7.2f} {bound:7.2f}x {ratio:>12}")
+for (g, n), v in rows.items():
+    print(f"  runs {n}: " + ", ".join(f"{x[0]:.2f} s" for x in v))
 
 # The issue's targets for the whole job: each half alone, and the job against the slower half.
 def secs(n):
@@ -139,4 +152,10 @@ for job, halves in (("mx-full", ("pg_dump-Z0", "mx-files-alone")),
         slower = max(secs(h) for h in halves)
         print(f"{job}: {secs(job):.2f} s = {secs(job) / slower:.2f} x the slower half alone "
               f"({', '.join(f'{h} {secs(h):.2f} s' for h in halves)}); target <= 1.15 x")
+        cpu = med[("full", job)][3]
+        halves_cpu = sum(med[("full", h)][3] for h in halves)
+        print(f"{job}: {cpu:.2f} CPU s over {cores} cores bounds it at {cpu / cores:.2f} s; it took "
+              f"{secs(job) / (cpu / cores):.2f} x that; its halves alone need {halves_cpu:.2f} CPU s "
+              f"(bound {halves_cpu / cores:.2f} s), so the whole job does "
+              f"{cpu - halves_cpu:+.2f} CPU s of work of its own")
 PY
