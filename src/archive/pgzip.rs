@@ -539,8 +539,7 @@ impl<R: BufRead> ParallelGzDecoder<R> {
         }
         while !self.ready.contains_key(&self.next_out) {
             match self.done.recv() {
-                Ok((seq, result, mut member)) => {
-                    member.clear();
+                Ok((seq, result, member)) => {
                     self.spare_members.push(member);
                     self.ready.insert(seq, result);
                 }
@@ -613,29 +612,39 @@ enum Next {
     Foreign,
 }
 
-/// Reads the next member into `member` when its header is mxsnap's.
+/// Reads the next member into `member` when its header is mxsnap's. `member` is a recycled
+/// buffer: its old bytes are overwritten, never zeroed first (a gigabyte of archive would
+/// otherwise be zeroed once before it is read).
 fn read_member(inner: &mut impl BufRead, member: &mut Vec<u8>) -> io::Result<Next> {
-    member.clear();
-    while member.len() < HEADER_LEN {
+    let mut head = [0u8; HEADER_LEN];
+    let mut got = 0;
+    let foreign = |member: &mut Vec<u8>, head: &[u8]| {
+        member.clear();
+        member.extend_from_slice(head);
+        Ok(Next::Foreign)
+    };
+    while got < HEADER_LEN {
         let available = inner.fill_buf()?;
         if available.is_empty() {
             break;
         }
-        let n = available.len().min(HEADER_LEN - member.len());
-        member.extend_from_slice(&available[..n]);
+        let n = available.len().min(HEADER_LEN - got);
+        head[got..got + n].copy_from_slice(&available[..n]);
         inner.consume(n);
-        let known = member.len().min(HEADER_PREFIX.len());
-        if member[..known] != HEADER_PREFIX[..known] {
-            return Ok(Next::Foreign);
+        got += n;
+        let known = got.min(HEADER_PREFIX.len());
+        if head[..known] != HEADER_PREFIX[..known] {
+            return foreign(member, &head[..got]);
         }
     }
-    if member.is_empty() {
+    if got == 0 {
+        member.clear();
         return Ok(Next::End);
     }
-    if member.len() < HEADER_LEN {
-        return Ok(Next::Foreign); // cut in the header: the streaming decoder says so
+    if got < HEADER_LEN {
+        return foreign(member, &head[..got]); // cut in the header: the streaming decoder says so
     }
-    let len = u32::from_le_bytes(member[16..HEADER_LEN].try_into().expect("4 bytes")) as usize;
+    let len = u32::from_le_bytes(head[16..HEADER_LEN].try_into().expect("4 bytes")) as usize;
     if !(HEADER_LEN + TRAILER_LEN..=MAX_MEMBER_LEN).contains(&len) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -643,6 +652,7 @@ fn read_member(inner: &mut impl BufRead, member: &mut Vec<u8>) -> io::Result<Nex
         ));
     }
     member.resize(len, 0);
+    member[..HEADER_LEN].copy_from_slice(&head);
     inner.read_exact(&mut member[HEADER_LEN..]).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
             io::Error::new(e.kind(), "the gzip stream ends inside a member")
@@ -663,7 +673,7 @@ fn inflate(member: &[u8], inflater: &mut Decompressor, mut out: Vec<u8>) -> io::
     if size > BLOCK {
         return Err(bad("its trailer gives a size larger than mxsnap writes"));
     }
-    out.clear();
+    // A recycled buffer: resized, not cleared, as inflating overwrites every byte of it.
     out.resize(size, 0);
     let n = inflater
         .deflate_decompress(&member[HEADER_LEN..member.len() - TRAILER_LEN], &mut out)
