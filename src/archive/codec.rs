@@ -11,7 +11,7 @@ pub const IO_BUFFER: usize = 1 << 20;
 const ZSTD_JOB: u32 = 2 << 20;
 
 /// Compression threads: one per core.
-fn workers() -> usize {
+pub(crate) fn workers() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
@@ -27,11 +27,21 @@ pub enum Encoder<W: Write> {
 
 impl<W: Write> Encoder<W> {
     pub fn new(inner: W, compression: Compression, level: i32) -> io::Result<Encoder<W>> {
+        Self::with_workers(inner, compression, level, workers())
+    }
+
+    /// An encoder on `workers` threads (zstd: on the caller's thread when 1).
+    pub fn with_workers(
+        inner: W,
+        compression: Compression,
+        level: i32,
+        workers: usize,
+    ) -> io::Result<Encoder<W>> {
         Ok(match compression {
             Compression::Gzip => Encoder::Gzip(super::pgzip::ParallelGzEncoder::new(
                 inner,
                 level.clamp(0, 9) as u32,
-                workers(),
+                workers,
             )),
             Compression::Zstd => {
                 let mut enc = zstd::stream::write::Encoder::new(inner, level)?;
@@ -48,7 +58,7 @@ impl<W: Write> Encoder<W> {
                 }
                 // A content checksum per frame lets a reader tell a flipped byte from data.
                 enc.include_checksum(true)?;
-                let workers = workers() as u32;
+                let workers = workers as u32;
                 if workers > 1 {
                     enc.multithread(workers)?;
                     // Smaller jobs than zstd's default (4 windows) keep memory under our

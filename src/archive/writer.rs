@@ -232,16 +232,7 @@ impl<'p, W: Write> TarWriter<'p, W> {
         data: &mut dyn Read,
         report: bool,
     ) -> io::Result<()> {
-        let mut header = tar::Header::new_ustar();
-        header.set_path(info.path)?;
-        header.set_size(info.size);
-        header.set_mode(info.mode);
-        header.set_mtime(info.mtime);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_cksum();
-        self.out.write_all(header.as_bytes())?;
+        self.out.write_all(header(info)?.as_bytes())?;
 
         let mut left = info.size;
         while left > 0 {
@@ -304,6 +295,29 @@ impl<'p, W: Write> TarWriter<'p, W> {
         Ok((out, written, entries))
     }
 
+    /// Ends a leading part with the tar header of one more member, whose content (padded to
+    /// the tar record) the caller writes to the output next as a compressed stream of its own:
+    /// a dump compressed while pg_dump wrote it. `sha256` is that content's digest, for the
+    /// manifest.
+    pub fn finish_leading_with_header(
+        mut self,
+        info: &MemberInfo<'_>,
+        sha256: &str,
+    ) -> io::Result<(W, Written, Vec<ManifestEntry>)> {
+        self.out.write_all(header(info)?.as_bytes())?;
+        self.written.members += 1;
+        self.written.content_bytes += info.size;
+        self.record_digests(true)?;
+        if let ManifestSink::Entries(entries) = &mut self.manifest {
+            entries.push(ManifestEntry {
+                path: info.path.to_string(),
+                size: info.size,
+                sha256: sha256.to_string(),
+            });
+        }
+        self.finish_leading()
+    }
+
     /// Ends the archive: the manifest (the leading part's entries, then this writer's), the
     /// end-of-archive blocks and the codec trailer.
     pub fn finish_trailing(mut self, leading: &[ManifestEntry]) -> io::Result<(W, Written)> {
@@ -333,6 +347,20 @@ impl<'p, W: Write> TarWriter<'p, W> {
         written.output_sha256 = sha;
         Ok((out, written))
     }
+}
+
+/// A regular file's ustar header.
+fn header(info: &MemberInfo<'_>) -> io::Result<tar::Header> {
+    let mut header = tar::Header::new_ustar();
+    header.set_path(info.path)?;
+    header.set_size(info.size);
+    header.set_mode(info.mode);
+    header.set_mtime(info.mtime);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    Ok(header)
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -6,7 +6,8 @@ use std::io::{self, Write};
 use std::path::Path;
 use std::time::Instant;
 
-use crate::archive::codec::{PumpError, pump};
+use crate::archive::Compression;
+use crate::archive::codec::{Encoder, IO_BUFFER, PumpError, pump};
 use crate::archive::layout::{DUMP, METADATA, TREE_PREFIX};
 use crate::archive::manifest::Metadata;
 use crate::archive::writer::{MemberInfo, Tally, TarOptions, TarWriter, Written, now_secs};
@@ -17,9 +18,22 @@ use crate::progress::{Cancel, Progress};
 use crate::store::Selection;
 
 pub(super) struct Dumped {
+    /// The dump as pg_dump wrote it, or (with `compressed`) its tar content compressed.
     pub spool: Option<tempfile::NamedTempFile>,
     pub size: u64,
     pub seconds: u64,
+    pub compressed: Option<CompressedDump>,
+}
+
+/// A dump compressed while pg_dump wrote it: the spool holds the dump's tar content and its
+/// padding to the tar record as a complete compressed stream, which the archive takes as it
+/// is after the dump's tar header (gzip members and zstd frames concatenate). The dump is
+/// read once, not spooled raw and read back to be compressed.
+pub(super) struct CompressedDump {
+    /// Compressed bytes in the spool.
+    pub bytes: u64,
+    /// SHA-256 of the dump itself.
+    pub sha256: String,
 }
 
 pub(super) fn writing(e: io::Error) -> Error {
@@ -57,31 +71,7 @@ impl DumpJob<'_> {
         let t0 = Instant::now();
         let spool = match self.direct_to {
             Some(_) => None,
-            None => {
-                // Named after the output, so whoever cleans up after a crashed create (the
-                // catalogue does) recognises it.
-                let prefix = match self.target {
-                    Some(t) => format!(
-                        ".{}.dump.",
-                        t.file_name()
-                            .map(|n| n.to_string_lossy())
-                            .unwrap_or_default()
-                    ),
-                    None => ".mxsnap-dump.".to_string(),
-                };
-                Some(
-                    tempfile::Builder::new()
-                        .prefix(&prefix)
-                        .suffix(".partial")
-                        .tempfile_in(self.spool_dir)
-                        .map_err(|e| {
-                            Error::io(
-                                format!("creating a dump spool in {}", self.spool_dir.display()),
-                                e,
-                            )
-                        })?,
-                )
-            }
+            None => Some(self.spool()?),
         };
         let dump_path = match (&spool, self.direct_to) {
             (Some(s), _) => s.path(),
@@ -102,7 +92,94 @@ impl DumpJob<'_> {
             spool,
             size,
             seconds: t0.elapsed().as_secs(),
+            compressed: None,
         })
+    }
+
+    /// Runs pg_dump and compresses its output as it comes (see [`CompressedDump`]).
+    fn run_compressed(
+        &self,
+        progress: &dyn Progress,
+        compression: Compression,
+        level: i32,
+    ) -> Result<Dumped> {
+        use sha2::{Digest, Sha256};
+        progress.note(&format!(
+            "dumping {} with {}",
+            self.spec.describe(),
+            self.tools.pg_dump.display()
+        ));
+        let t0 = Instant::now();
+        let spool = self.spool()?;
+        let spooling = |e| {
+            Error::io(
+                format!("spooling the dump in {}", self.spool_dir.display()),
+                e,
+            )
+        };
+        let file = spool.reopen().map_err(spooling)?;
+        let out = Tally::counting(io::BufWriter::with_capacity(IO_BUFFER, file));
+        // zstd on one thread: pg_dump is slower than one core compresses, and a second
+        // multithreaded encoder beside the files' would double zstd's memory.
+        let workers = match compression {
+            Compression::Zstd => 1,
+            _ => crate::archive::codec::workers(),
+        };
+        let mut encoder =
+            Encoder::with_workers(out, compression, level, workers).map_err(spooling)?;
+        let mut hasher = Sha256::new();
+        let size = self.tools.dump_to_each(
+            self.spec,
+            self.snapshot,
+            self.inner_level,
+            &mut |chunk| {
+                hasher.update(chunk);
+                encoder.write_all(chunk)
+            },
+            self.cancel,
+        )?;
+        let pad = (512 - (size % 512) as usize) % 512;
+        encoder.write_all(&[0u8; 512][..pad]).map_err(spooling)?;
+        let (buffered, bytes, _) = encoder.finish().map_err(spooling)?.into_parts();
+        buffered
+            .into_inner()
+            .map_err(|e| spooling(e.into_error()))?
+            .flush()
+            .map_err(spooling)?;
+        Ok(Dumped {
+            spool: Some(spool),
+            size,
+            seconds: t0.elapsed().as_secs(),
+            compressed: Some(CompressedDump {
+                bytes,
+                sha256: crate::archive::writer::hex(&hasher.finalize()),
+            }),
+        })
+    }
+
+    /// A new spool file beside the output.
+    fn spool(&self) -> Result<tempfile::NamedTempFile> {
+        // Named after the output, so whoever cleans up after a crashed create (the catalogue
+        // does) recognises it.
+        let prefix = match self.target {
+            Some(t) => format!(
+                ".{}.dump.",
+                t.file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default()
+            ),
+            None => ".mxsnap-dump.".to_string(),
+        };
+        tempfile::Builder::new()
+            .prefix(&prefix)
+            .suffix(".partial")
+            .tempfile_in(self.spool_dir)
+            .map_err(|e| {
+                Error::io(
+                    format!("creating a dump spool in {}", self.spool_dir.display()),
+                    e,
+                )
+            })
     }
 
     fn metadata(&self, dumped: &Dumped) -> Metadata {
@@ -148,7 +225,13 @@ pub(super) fn write_full<W: Write + Send>(
     })?;
     std::thread::scope(|scope| {
         let leading = scope.spawn(move || -> Result<_> {
-            let dumped = job.run(progress)?;
+            // Compressed as pg_dump writes it when the dump inside is uncompressed (-Z0).
+            let dumped = match (options.compression, job.inner_level) {
+                (Compression::Gzip | Compression::Zstd, Some(0)) => {
+                    job.run_compressed(progress, options.compression, options.level)?
+                }
+                _ => job.run(progress)?,
+            };
             let sink = if options.hash_output {
                 Tally::new(sink)
             } else {
@@ -156,8 +239,26 @@ pub(super) fn write_full<W: Write + Send>(
             };
             let mut tar = TarWriter::leading_part(sink, options, &crate::progress::Silent)
                 .map_err(writing)?;
-            append_dump(&mut tar, &job.metadata(&dumped), &dumped)?;
-            let (out, written, entries) = tar.finish_leading().map_err(writing)?;
+            let (out, written, entries) = match &dumped.compressed {
+                None => {
+                    append_dump(&mut tar, &job.metadata(&dumped), &dumped)?;
+                    tar.finish_leading().map_err(writing)?
+                }
+                Some(compressed) => {
+                    append_metadata(&mut tar, &job.metadata(&dumped))?;
+                    let info = MemberInfo {
+                        path: DUMP,
+                        size: dumped.size,
+                        mode: 0o644,
+                        mtime: now_secs(),
+                    };
+                    let (mut out, written, entries) = tar
+                        .finish_leading_with_header(&info, &compressed.sha256)
+                        .map_err(writing)?;
+                    copy_compressed_dump(&dumped, compressed, &mut out)?;
+                    (out, written, entries)
+                }
+            };
             // The trailing part's relay notices on its next write, or waits in finish.
             let _ = handoff.send(out);
             Ok((dumped, written, entries))
@@ -191,22 +292,50 @@ pub(super) fn write_full<W: Write + Send>(
     })
 }
 
-/// `.metadata` and `db/db.backup`, from the spool.
-fn append_dump<W: Write>(
-    tar: &mut TarWriter<'_, W>,
-    metadata: &Metadata,
-    dumped: &Dumped,
-) -> Result<()> {
-    let now = now_secs();
+/// `.metadata`.
+fn append_metadata<W: Write>(tar: &mut TarWriter<'_, W>, metadata: &Metadata) -> Result<()> {
     let json = serde_json::to_vec(metadata)
         .map_err(|e| Error::environment(format!("encoding {METADATA}: {e}")))?;
     let info = MemberInfo {
         path: METADATA,
         size: json.len() as u64,
         mode: 0o644,
-        mtime: now,
+        mtime: now_secs(),
     };
-    tar.append(&info, &mut &json[..]).map_err(writing)?;
+    tar.append(&info, &mut &json[..]).map_err(writing)
+}
+
+/// The compressed dump's stream, from its spool into the output after the dump's header.
+fn copy_compressed_dump<W: Write>(
+    dumped: &Dumped,
+    compressed: &CompressedDump,
+    out: &mut W,
+) -> Result<()> {
+    let spool = dumped.spool.as_ref().expect("a compressed dump is spooled");
+    let mut file = spool
+        .reopen()
+        .map_err(|e| Error::io("reopening the dump spool", e))?;
+    let copied = pump(&mut file, |chunk| out.write_all(chunk)).map_err(|e| match e {
+        PumpError::Read(e) => Error::io("reading the dump spool", e),
+        PumpError::Write(e) => writing(e),
+    })?;
+    if copied != compressed.bytes {
+        return Err(Error::environment(format!(
+            "the dump spool holds {copied} bytes, {} were written to it",
+            compressed.bytes
+        )));
+    }
+    Ok(())
+}
+
+/// `.metadata` and `db/db.backup`, from the spool.
+fn append_dump<W: Write>(
+    tar: &mut TarWriter<'_, W>,
+    metadata: &Metadata,
+    dumped: &Dumped,
+) -> Result<()> {
+    append_metadata(tar, metadata)?;
+    let now = now_secs();
     let spool = dumped.spool.as_ref().expect("a tar's dump is spooled");
     let mut file = spool
         .reopen()

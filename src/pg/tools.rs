@@ -171,16 +171,9 @@ impl PgTools {
         Ok(client)
     }
 
-    /// Runs `pg_dump -Fc -O -x` into `path`. `snapshot` pins the dump to an exported snapshot;
+    /// `pg_dump -Fc -O -x` of `spec`. `snapshot` pins the dump to an exported snapshot;
     /// `level` sets pg_dump's own compression (`Some(0)` when the outer stream compresses).
-    pub fn dump_to_file(
-        &self,
-        spec: &ConnSpec,
-        snapshot: Option<&str>,
-        level: Option<u32>,
-        path: &Path,
-        cancel: &Cancel,
-    ) -> Result<()> {
+    fn dump_command(&self, spec: &ConnSpec, snapshot: Option<&str>, level: Option<u32>) -> Command {
         let mut cmd = Command::new(&self.pg_dump);
         cmd.args(["--format=custom", "--no-owner", "--no-privileges"]);
         if let Some(level) = level {
@@ -189,22 +182,102 @@ impl PgTools {
         if let Some(s) = snapshot {
             cmd.arg(format!("--snapshot={s}"));
         }
-        cmd.arg("--file").arg(path);
         // The connection travels in the environment only: nothing secret in argv.
         cmd.envs(spec.child_env());
+        cmd
+    }
+
+    fn dump_failed(spec: &ConnSpec, status: std::process::ExitStatus, text: &str) -> Error {
+        let e = Error::environment(format!(
+            "pg_dump of {} failed ({status}): {text}",
+            spec.describe()
+        ));
+        if text.contains("No space left") {
+            e.with_hint("free some space where the dump is spooled")
+        } else {
+            e
+        }
+    }
+
+    /// Runs pg_dump (see `dump_command`) into `path`.
+    pub fn dump_to_file(
+        &self,
+        spec: &ConnSpec,
+        snapshot: Option<&str>,
+        level: Option<u32>,
+        path: &Path,
+        cancel: &Cancel,
+    ) -> Result<()> {
+        let mut cmd = self.dump_command(spec, snapshot, level);
+        cmd.arg("--file").arg(path);
         let (status, text) = run_captured(&mut cmd, &self.pg_dump, cancel, || {})?;
         if !status.success() {
-            let e = Error::environment(format!(
-                "pg_dump of {} failed ({status}): {text}",
-                spec.describe()
-            ));
-            return Err(if text.contains("No space left") {
-                e.with_hint("free some space where the dump is spooled")
-            } else {
-                e
-            });
+            return Err(Self::dump_failed(spec, status, &text));
         }
         Ok(())
+    }
+
+    /// Runs pg_dump (see `dump_command`) and hands its output to `each` as it comes, a chunk
+    /// at a time; returns the dump's size. A failure of `each` (a full disk) stops pg_dump and
+    /// is returned as it is; a cancel kills pg_dump within 50 ms, even while it writes nothing.
+    pub fn dump_to_each(
+        &self,
+        spec: &ConnSpec,
+        snapshot: Option<&str>,
+        level: Option<u32>,
+        each: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+        cancel: &Cancel,
+    ) -> Result<u64> {
+        let mut cmd = self.dump_command(spec, snapshot, level);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        crate::sys::die_with_parent(&mut cmd);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| Error::io(format!("starting {}", self.pg_dump.display()), e))?;
+        let stderr = capture_stderr(&mut child);
+        let mut stdout = child.stdout.take().expect("stdout piped");
+        let pid = child.id() as libc::pid_t;
+        let ended = std::sync::atomic::AtomicBool::new(false);
+        let pumped = std::thread::scope(|scope| {
+            // The pipe read blocks while pg_dump is quiet (reading the catalogue); a cancel
+            // must not wait for its next write.
+            scope.spawn(|| {
+                while !ended.load(std::sync::atomic::Ordering::Relaxed) {
+                    if cancel.is_cancelled() {
+                        // SAFETY: kill on our own child, not yet reaped (waited below).
+                        unsafe {
+                            libc::kill(pid, libc::SIGKILL);
+                        }
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            });
+            let pumped = crate::archive::codec::pump(&mut stdout, |chunk| each(chunk));
+            ended.store(true, std::sync::atomic::Ordering::Relaxed);
+            pumped
+        });
+        if pumped.is_err() {
+            let _ = child.kill();
+        }
+        drop(stdout);
+        let status = child
+            .wait()
+            .map_err(|e| Error::io(format!("waiting for {}", self.pg_dump.display()), e))?;
+        let text = stderr.join().unwrap_or_default();
+        if cancel.is_cancelled() {
+            return Err(Error::cancelled());
+        }
+        let size = pumped.map_err(|e| match e {
+            crate::archive::codec::PumpError::Read(e) => Error::io("reading pg_dump's output", e),
+            crate::archive::codec::PumpError::Write(e) => Error::io("spooling the dump", e),
+        })?;
+        if !status.success() {
+            return Err(Self::dump_failed(spec, status, &text));
+        }
+        Ok(size)
     }
 
     /// Restores the dump at `path` into the (empty) database `spec` names: no owners, no
