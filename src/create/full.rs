@@ -63,11 +63,7 @@ pub(super) struct DumpJob<'a> {
 
 impl DumpJob<'_> {
     pub fn run(&self, progress: &dyn Progress) -> Result<Dumped> {
-        progress.note(&format!(
-            "dumping {} with {}",
-            self.spec.describe(),
-            self.tools.pg_dump.display()
-        ));
+        self.note_dumping(progress);
         let t0 = Instant::now();
         let spool = match self.direct_to {
             Some(_) => None,
@@ -104,11 +100,7 @@ impl DumpJob<'_> {
         level: i32,
     ) -> Result<Dumped> {
         use sha2::{Digest, Sha256};
-        progress.note(&format!(
-            "dumping {} with {}",
-            self.spec.describe(),
-            self.tools.pg_dump.display()
-        ));
+        self.note_dumping(progress);
         let t0 = Instant::now();
         let spool = self.spool()?;
         let spooling = |e| {
@@ -155,6 +147,14 @@ impl DumpJob<'_> {
                 sha256: crate::archive::writer::hex(&hasher.finalize()),
             }),
         })
+    }
+
+    fn note_dumping(&self, progress: &dyn Progress) {
+        progress.note(&format!(
+            "dumping {} with {}",
+            self.spec.describe(),
+            self.tools.pg_dump.display()
+        ));
     }
 
     /// A new spool file beside the output.
