@@ -5,7 +5,7 @@ use std::io::{Cursor, Read};
 
 use serde::Serialize;
 
-use super::codec::{buffered, decoder, read_full};
+use super::codec::{Copied, Decoded, Rejoined, buffered, decoder, read_full};
 use super::dump_header::MAGIC as DUMP_MAGIC;
 use super::{Compression, Input, Variant};
 use crate::error::{Error, Result};
@@ -38,7 +38,7 @@ pub struct Opened<'a> {
     pub detected: Detected,
     /// The first decompressed bytes (up to 4 KiB), also still readable from `content`.
     pub head: Vec<u8>,
-    pub content: Input<'a>,
+    pub content: Decoded<'a>,
 }
 
 fn is_tar(block: &[u8]) -> bool {
@@ -76,7 +76,7 @@ pub fn open<'a>(mut raw: Input<'a>) -> Result<Opened<'a>> {
                 variant: Some(Variant::Files),
             },
             head,
-            content: Box::new(Cursor::new(magic).chain(raw)),
+            content: Box::new(Copied(Cursor::new(magic).chain(raw))),
         });
     }
     let compression = if magic.starts_with(GZIP_MAGIC) {
@@ -110,7 +110,7 @@ pub fn open<'a>(mut raw: Input<'a>) -> Result<Opened<'a>> {
             "the input is not a snapshot: it is {what}"
         )));
     };
-    let content: Input<'a> = Box::new(Cursor::new(head.clone()).chain(content));
+    let content: Decoded<'a> = Box::new(Rejoined::new(head.clone(), content));
     Ok(Opened {
         detected: Detected {
             compression,

@@ -552,17 +552,13 @@ impl<R: BufRead> ParallelGzDecoder<R> {
     }
 }
 
-impl<R: BufRead> Read for ParallelGzDecoder<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            if self.pos < self.current.len() {
-                let n = buf.len().min(self.current.len() - self.pos);
-                buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-                self.pos += n;
-                return Ok(n);
-            }
-            if let Some(streaming) = self.streaming.as_mut() {
-                return streaming.read(buf);
+impl<R: BufRead> ParallelGzDecoder<R> {
+    /// Makes `current` hold unread bytes, unless the stream has gone over to the streaming
+    /// decoder (`Ok(true)`, nothing done) or ended (`Ok(false)`).
+    fn fill_current(&mut self) -> io::Result<bool> {
+        while self.pos == self.current.len() {
+            if self.streaming.is_some() {
+                return Ok(true);
             }
             self.dispatch();
             match self.next_output() {
@@ -589,11 +585,50 @@ impl<R: BufRead> Read for ParallelGzDecoder<R> {
                     }
                     Some(Stop::End) | None => {
                         self.stopped = Some(Stop::End);
-                        return Ok(0);
+                        return Ok(false);
                     }
                 },
             }
         }
+        Ok(true)
+    }
+}
+
+impl<R: BufRead> Read for ParallelGzDecoder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.fill_current()? {
+            return Ok(0);
+        }
+        if let Some(streaming) = self.streaming.as_mut() {
+            return streaming.read(buf);
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl<R: BufRead + Send> super::codec::ChunkRead for ParallelGzDecoder<R> {
+    /// A whole member's output is handed over as it is, and `chunk`'s buffer becomes a spare
+    /// output buffer for the workers: no copy.
+    fn next_chunk(&mut self, chunk: &mut Vec<u8>) -> io::Result<bool> {
+        if !self.fill_current()? {
+            return Ok(false);
+        }
+        if let Some(streaming) = self.streaming.as_mut() {
+            return super::codec::fill_chunk(streaming, chunk);
+        }
+        if self.pos == 0 {
+            std::mem::swap(chunk, &mut self.current);
+            // `current` now holds the caller's old buffer, with nothing unread in it.
+            self.pos = self.current.len();
+        } else {
+            chunk.clear();
+            chunk.extend_from_slice(&self.current[self.pos..]);
+            self.pos = self.current.len();
+        }
+        Ok(true)
     }
 }
 
