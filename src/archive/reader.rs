@@ -74,6 +74,7 @@ pub fn walk_tar(content: &mut dyn Read, visitor: &mut dyn Visitor) -> Result<Wal
     let mut seen = SeenMembers::default();
     let mut walked = Walked::default();
     let mut data_end = 0u64;
+    let mut repeats_checked = false;
     let mut buf = vec![0u8; IO_BUFFER];
     let mut hasher = HashPipe::new();
     // Members read whole, waiting for their digests.
@@ -116,7 +117,12 @@ pub fn walk_tar(content: &mut dyn Read, visitor: &mut dyn Visitor) -> Result<Wal
             )));
         }
         if member == Member::Manifest {
-            // The manifest is checked against every digest before it.
+            // The manifest is checked against every member before it: repeats first, so
+            // that a repeat is named as such rather than as a mismatch with the manifest.
+            if let Some(repeat) = seen.finish()? {
+                return Err(appears_twice(&repeat));
+            }
+            repeats_checked = true;
             catch_up(&mut hasher, &mut hashing_behind, visitor, true)?;
         }
         let mut hashing = HashingReader {
@@ -173,8 +179,11 @@ pub fn walk_tar(content: &mut dyn Read, visitor: &mut dyn Visitor) -> Result<Wal
         )
         .with_hint("the file was cut short; download or copy it again"));
     }
-    if let Some(repeat) = seen.finish()? {
-        return Err(appears_twice(&repeat));
+    // Nothing follows the manifest (refused above), so a check made there is complete.
+    if !repeats_checked {
+        if let Some(repeat) = seen.finish()? {
+            return Err(appears_twice(&repeat));
+        }
     }
     Ok(walked)
 }
