@@ -1,6 +1,6 @@
 //! The outer compression: encoders for writing, decoders for reading, both streaming.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 
 use super::Compression;
 
@@ -268,11 +268,6 @@ impl Read for ChannelReader {
     }
 }
 
-/// Buffers a reader with our standard buffer size.
-pub fn buffered<'a, R: Read + 'a>(inner: R) -> BufReader<R> {
-    BufReader::with_capacity(IO_BUFFER, inner)
-}
-
 /// Where a [`pump`] failed: reading its source, or handing a chunk on.
 #[derive(Debug)]
 pub enum PumpError {
@@ -317,6 +312,7 @@ pub fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use std::io::BufReader;
 
     /// Returns reads of random small length, to catch code that assumes `read` fills the buffer.
     pub struct ShortReader<R> {

@@ -1,11 +1,11 @@
 //! Tells what an input is by its content, never by its name: gzip, zstd or no compression
 //! around either a tar or a bare pg_dump custom-format archive.
 
-use std::io::{Cursor, Read};
+use std::io::{BufReader, Cursor, Read};
 
 use serde::Serialize;
 
-use super::codec::{Copied, Decoded, Rejoined, buffered, decoder, read_full};
+use super::codec::{Copied, Decoded, Rejoined, decoder, read_full};
 use super::dump_header::MAGIC as DUMP_MAGIC;
 use super::{Compression, Input, Variant};
 use crate::error::{Error, Result};
@@ -87,7 +87,9 @@ pub fn open<'a>(mut raw: Input<'a>) -> Result<Opened<'a>> {
         Compression::None
     };
     let rejoined: Input<'a> = Box::new(Cursor::new(magic).chain(raw));
-    let mut content = decoder(buffered(rejoined), compression)
+    // A small buffer: reads larger than it (a whole gzip member, a read-ahead chunk) go
+    // straight into the reader's buffer instead of being copied out of this one.
+    let mut content = decoder(BufReader::with_capacity(64 << 10, rejoined), compression)
         .map_err(|e| Error::reading("opening the compressed stream", e))?;
     let mut head = vec![0u8; PEEK];
     let n = read_full(&mut content, &mut head)
