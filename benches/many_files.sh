@@ -24,10 +24,21 @@ trap cleanup EXIT
 bench_cluster "$work"
 psql() { "$bin/psql" -X -q "$@"; }
 
+# Every job starts with its inputs in the page cache: the store, the archives and the
+# database's files, read back after the cache is emptied (when root may). Without it the job
+# run first paid for reading what had been paged out (this machine pages out what has not been
+# touched for a minute) and the stock tools after it found everything cached.
+settle() {
+  sync
+  [ -w /proc/sys/vm/drop_caches ] && echo 1 > /proc/sys/vm/drop_caches
+  { find "$S" "$work/pg/data" -type f -print0; find "$out" -maxdepth 1 -type f -print0; } \
+    | xargs -0 cat > /dev/null 2>&1 || true
+}
+
 # measure NAME CMD: one run; prints seconds, peak RSS and CPU/cores.
 measure() {
   local name=$1 cmd=$2
-  sync
+  settle
   /usr/bin/time -f "%e %M %U %S" -o "$work/time" bash -c "$cmd" >/dev/null 2>>"$work/log" \
     || { echo "bench: $name failed, see $work/log" >&2; tail -5 "$work/log" >&2; exit 1; }
   read -r secs kb user sys < "$work/time"

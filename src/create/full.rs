@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::output::Relay;
 use crate::pg::{ConnSpec, PgTools};
 use crate::progress::{Cancel, Progress};
-use crate::store::Selection;
+use crate::store::{Selection, StoreFiles};
 
 pub(super) struct Dumped {
     /// The dump as pg_dump wrote it, or (with `compressed`) its tar content compressed.
@@ -357,13 +357,14 @@ pub(super) fn append_files<W: Write>(
     progress: &dyn Progress,
     cancel: &Cancel,
 ) -> Result<()> {
+    let mut files = StoreFiles::new(store);
     for (i, f) in selection.files.iter()?.enumerate() {
         let f = f?;
         if i == 1 {
             crate::sys::crash_point("create-writing");
         }
         let rel = f.rel();
-        let (file, mtime) = open_store_file(&store.join(&*rel), f.size)?;
+        let (file, mtime) = open_store_file(&mut files, store, &rel, f.size)?;
         let mut file = cancel.reader(file);
         let path = format!("{TREE_PREFIX}{rel}");
         let info = MemberInfo {
@@ -388,7 +389,13 @@ pub(super) fn append_files<W: Write>(
 }
 
 /// Opens a file of the store and checks it still has the size the scan saw.
-fn open_store_file(path: &Path, size: u64) -> Result<(File, u64)> {
+fn open_store_file(
+    files: &mut StoreFiles,
+    store: &Path,
+    rel: &str,
+    size: u64,
+) -> Result<(File, u64)> {
+    let path = store.join(rel);
     let changed = || {
         Error::environment(format!(
             "{} changed or vanished while the snapshot was made",
@@ -396,8 +403,11 @@ fn open_store_file(path: &Path, size: u64) -> Result<(File, u64)> {
         ))
         .with_hint("the file store changed during create: stop the app and retry")
     };
-    let file = File::open(path).map_err(|e| {
-        if e.kind() == io::ErrorKind::NotFound {
+    let file = files.open(rel).map_err(|e| {
+        // Gone, or replaced by a link (or its folder by one), since the scan.
+        if e.kind() == io::ErrorKind::NotFound
+            || matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR))
+        {
             changed()
         } else {
             Error::io(format!("opening {}", path.display()), e)
