@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::Ordering::SeqCst;
 
 use mxsnap::ErrorKind;
 use mxsnap::archive::Variant;
@@ -197,4 +198,75 @@ fn a_cancelled_create_leaves_no_file_and_a_tracker_follows_a_whole_one() {
     assert!(report.output.is_none());
     let listing = tool_ok("tar", &["tzf", out.to_str().unwrap()]);
     assert_eq!(listing.lines().count() as u64, report.members);
+}
+
+/// The store changes after the files were selected, while they are packed: once the first
+/// file is in the archive, every file is deleted, grown, or replaced by a link to a file of
+/// the same size outside the store. Each is refused with the "changed" error and its hint,
+/// and no archive is left. (A link used to be followed.)
+#[test]
+fn a_store_that_changes_while_it_is_packed_is_refused_and_nothing_is_written() {
+    let outside = tempfile::tempdir().unwrap();
+    for change in ["deleted", "grown", "linked out"] {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("store");
+        tool_ok(
+            "cp",
+            &["-a", store().to_str().unwrap(), copy.to_str().unwrap()],
+        );
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let files: Vec<_> = walkdir::WalkDir::new(&copy)
+            .into_iter()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_type().is_file())
+            .map(|e| e.into_path())
+            .collect();
+        assert!(files.len() > 3, "the fixture store has files");
+        let changed = std::sync::atomic::AtomicBool::new(false);
+        let change_all = |e: &Event| {
+            if !matches!(e, Event::Advance { files: 1, .. }) || changed.swap(true, SeqCst) {
+                return;
+            }
+            for (i, f) in files.iter().enumerate() {
+                match change {
+                    "deleted" => std::fs::remove_file(f).unwrap(),
+                    "grown" => {
+                        let mut bytes = std::fs::read(f).unwrap();
+                        bytes.push(b'!');
+                        std::fs::write(f, bytes).unwrap();
+                    }
+                    _ => {
+                        let len = std::fs::metadata(f).unwrap().len() as usize;
+                        let secret = outside.path().join(format!("secret{i}"));
+                        std::fs::write(&secret, vec![b's'; len]).unwrap();
+                        std::fs::remove_file(f).unwrap();
+                        std::os::unix::fs::symlink(&secret, f).unwrap();
+                    }
+                }
+            }
+        };
+        let plan = create::plan(CreateOptions {
+            files: Some(copy.clone()),
+            all_files: true,
+            ..CreateOptions::new(Variant::Files, Output::Path(out.clone()))
+        })
+        .unwrap();
+        let err = create::execute(plan, &change_all, &Cancel::new()).unwrap_err();
+        assert!(changed.load(SeqCst), "{change}: the store was changed");
+        assert_eq!(err.kind(), ErrorKind::Environment, "{change}: {err}");
+        assert!(
+            err.to_string()
+                .contains("changed or vanished while the snapshot was made"),
+            "{change}: {err}"
+        );
+        assert!(
+            err.hint()
+                .is_some_and(|h| h.contains("stop the app and retry")),
+            "{change}: {:?}",
+            err.hint()
+        );
+        let left: Vec<_> = std::fs::read_dir(&out).unwrap().collect();
+        assert!(left.is_empty(), "{change}: left {left:?}");
+    }
 }
