@@ -322,9 +322,11 @@ impl Walk {
 
 /// Opens files of the store by their paths below it, relative to the last folder opened: the
 /// files come in walk order, so one folder serves many files and no path is walked from the
-/// root again. Links are not followed (the walk packs regular files only).
+/// root again. No link below the store is followed, in the folders or the file (the walk packs
+/// regular files only); the store's own path may pass through links.
 pub struct StoreFiles {
     root: PathBuf,
+    store: Option<File>,
     folder: Option<(String, File)>,
 }
 
@@ -332,38 +334,24 @@ impl StoreFiles {
     pub fn new(root: &Path) -> StoreFiles {
         StoreFiles {
             root: root.to_path_buf(),
+            store: None,
             folder: None,
         }
     }
 
     pub fn open(&mut self, rel: &str) -> io::Result<File> {
-        use std::os::fd::{AsRawFd, FromRawFd};
-        use std::os::unix::fs::OpenOptionsExt;
-        let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let (dir, name) = rel.rsplit_once('/').unwrap_or((".", rel));
         if self.folder.as_ref().is_none_or(|(open, _)| open != dir) {
             self.folder = None;
-            let folder = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
-                .open(self.root.join(dir))?;
+            if self.store.is_none() {
+                self.store = Some(File::open(&self.root)?);
+            }
+            let store = self.store.as_ref().expect("opened above");
+            let folder = crate::sys::open_beneath(store, dir, libc::O_DIRECTORY)?;
             self.folder = Some((dir.to_string(), folder));
         }
         let (_, folder) = self.folder.as_ref().expect("opened above");
-        let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
-        // SAFETY: openat on a descriptor we own, with a NUL-terminated name; the new
-        // descriptor is ours alone.
-        let fd = unsafe {
-            libc::openat(
-                folder.as_raw_fd(),
-                name.as_ptr(),
-                libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NOCTTY,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a valid descriptor just opened, owned by nobody else.
-        Ok(unsafe { File::from_raw_fd(fd) })
+        crate::sys::open_beneath(folder, name, 0)
     }
 }
 
@@ -837,8 +825,11 @@ mod tests {
             .unwrap();
         std::fs::remove_dir_all(root.join("aa/bb")).unwrap();
         std::os::unix::fs::symlink(outside.path().join("dd"), root.join("aa/bb")).unwrap();
+        // And a folder higher up: `xx/yy` where `xx` is now a link.
+        put(outside.path(), "xx/yy/deep", b"deep");
+        std::os::unix::fs::symlink(outside.path().join("xx"), root.join("xx")).unwrap();
         let mut files = StoreFiles::new(root);
-        for rel in ["aa/cc/three", "aa/bb/secret"] {
+        for rel in ["aa/cc/three", "aa/bb/secret", "xx/yy/deep"] {
             let err = files.open(rel).unwrap_err();
             assert!(
                 matches!(err.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)),

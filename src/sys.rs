@@ -139,6 +139,48 @@ pub fn sync_filesystem(dir: &File) -> io::Result<()> {
     }
 }
 
+/// Opens `rel` (a relative path) below the folder `dir`, read-only, refusing any path that
+/// passes through a link or leaves `dir` (`openat2` with `RESOLVE_BENEATH |
+/// RESOLVE_NO_SYMLINKS`: a link is `ELOOP`). On kernels before 5.6, which lack `openat2`, only
+/// the last component is checked (`O_NOFOLLOW`).
+pub fn open_beneath(dir: &File, rel: &str, flags: libc::c_int) -> io::Result<File> {
+    use std::os::fd::FromRawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+    let path = CString::new(rel).map_err(io::Error::other)?;
+    let flags = flags | libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY;
+    let mut fd = -1;
+    if !NO_OPENAT2.load(Ordering::Relaxed) {
+        // SAFETY: open_how is plain integers; all zero is its empty value.
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = flags as u64;
+        how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
+        // SAFETY: openat2 on a descriptor we own, a NUL-terminated path and an open_how of
+        // the size passed.
+        fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                path.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        } as libc::c_int;
+        if fd < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+            NO_OPENAT2.store(true, Ordering::Relaxed);
+        }
+    }
+    if NO_OPENAT2.load(Ordering::Relaxed) {
+        // SAFETY: openat on a descriptor we own, with a NUL-terminated path.
+        fd = unsafe { libc::openat(dir.as_raw_fd(), path.as_ptr(), flags | libc::O_NOFOLLOW) };
+    }
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a descriptor just opened, owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
 /// Starts writing `len` bytes of `file` from `offset` back to the disk and returns at once.
 /// Only a hint: a failure is ignored, the final sync reports any real write error.
 pub fn start_writeback(file: &File, offset: u64, len: u64) {

@@ -395,11 +395,12 @@ fn open_store_file(
     rel: &str,
     size: u64,
 ) -> Result<(File, u64)> {
-    let path = store.join(rel);
+    // Paths for messages only: the open itself is relative to the folder.
+    let path = || store.join(rel);
     let changed = || {
         Error::environment(format!(
             "{} changed or vanished while the snapshot was made",
-            path.display()
+            path().display()
         ))
         .with_hint("the file store changed during create: stop the app and retry")
     };
@@ -410,12 +411,12 @@ fn open_store_file(
         {
             changed()
         } else {
-            Error::io(format!("opening {}", path.display()), e)
+            Error::io(format!("opening {}", path().display()), e)
         }
     })?;
     let meta = file
         .metadata()
-        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        .map_err(|e| Error::io(format!("reading {}", path().display()), e))?;
     if meta.len() != size {
         return Err(changed());
     }
