@@ -412,6 +412,11 @@ pub struct TargetArgs {
     /// archive leaves an empty file store, a files-only one an empty database.
     #[arg(long, conflicts_with = "variant")]
     pub clear_rest: bool,
+    /// Swap the files in without waiting for them to reach the disk: faster where writing
+    /// back is slow, but an OS crash or power failure soon after can leave them incomplete.
+    /// For scratch and development environments.
+    #[arg(long)]
+    pub no_sync: bool,
     /// The target's model version (for the older-model warning).
     #[arg(long, value_name = "V")]
     pub model_version: Option<String>,

@@ -52,6 +52,12 @@ pub struct RestoreOptions {
     /// environment: a database-only upload leaves no files, a files-only one an empty
     /// database. Staged and swapped like the rest, so a failure still changes nothing.
     pub clear_rest: bool,
+    /// Swap the extracted files in without waiting for them to reach the disk (PostgreSQL's
+    /// tools call it `--no-sync`). Writing a store back costs about as long as extracting
+    /// it on a slow disk; a power failure or OS crash soon after such a restore can leave the
+    /// restored files incomplete. A killed mxsnap cannot: the files are in the page cache.
+    /// The database half is as durable as its server makes it either way.
+    pub no_sync: bool,
     /// The target's model version, for the older-model warning.
     pub model_version: Option<String>,
     pub pg_bin: Option<PathBuf>,
@@ -68,6 +74,7 @@ pub struct Plan {
     keep_previous: bool,
     order: RestoreOrder,
     clear_rest: bool,
+    no_sync: bool,
     model_version: Option<String>,
     pg_bin: Option<PathBuf>,
     /// The local environment, when the destination is one (opened, or to be made).
@@ -269,6 +276,13 @@ impl Plan {
         } else if env.target_db_exists || env.target_files_exist {
             steps.push("drop the previous database and remove the previous files".to_string());
         }
+        if with_files && self.no_sync {
+            steps.push(
+                "the extracted files are swapped in without waiting for them to reach the disk \
+                 (--no-sync): an OS crash or power failure soon after can leave them incomplete"
+                    .to_string(),
+            );
+        }
         steps.push(if self.clear_rest {
             "the part of the environment the archive does not hold is cleared: an empty \
              database or an empty file store is swapped in"
@@ -330,6 +344,7 @@ pub fn plan(opts: RestoreOptions) -> Result<Plan> {
         jobs: opts.jobs,
         keep_previous: opts.keep_previous,
         clear_rest: opts.clear_rest,
+        no_sync: opts.no_sync,
         order: opts.order,
         model_version: opts.model_version,
         pg_bin: opts.pg_bin,
@@ -420,6 +435,7 @@ pub fn execute(plan: Plan, progress: &dyn Progress, cancel: &Cancel) -> Result<R
         keep_previous,
         order,
         clear_rest,
+        no_sync,
         model_version,
         pg_bin,
         local,
@@ -474,6 +490,7 @@ pub fn execute(plan: Plan, progress: &dyn Progress, cancel: &Cancel) -> Result<R
         keep_previous,
         order,
         clear_rest,
+        no_sync,
     };
     let mut report = run(&env, &settings, content, model_version, progress, cancel)
         .map_err(|e| cancel.explain(e).context(format!("restoring {name}")))?;

@@ -29,6 +29,8 @@ pub(super) struct Settings {
     pub keep_previous: bool,
     pub order: RestoreOrder,
     pub clear_rest: bool,
+    /// No writeback while extracting and no sync before the swap.
+    pub no_sync: bool,
 }
 
 /// When the database and the files are restored, relative to each other. Overlapped, each
@@ -237,7 +239,7 @@ pub(super) fn stage(
         // Not while PostgreSQL loads the dump: its WAL flushes would queue behind our writes
         // (a full restore measured 0.6 s slower), nor while the dump is being spooled.
         let (stop_flushing, flush_until_told) = std::sync::mpsc::channel::<()>();
-        let flusher = (want != Some(Variant::Database)).then(|| {
+        let flusher = (want != Some(Variant::Database) && !settings.no_sync).then(|| {
             let (dir, begun) = (&staging_files, &tree_begun);
             scope.spawn(move || {
                 let pause = std::time::Duration::from_millis(250);
@@ -333,7 +335,9 @@ pub(super) fn stage(
             .map_err(|e| Error::io(format!("reading {}", staging_files.display()), e))?;
         journal.staging_files_ino = Some(std::os::unix::fs::MetadataExt::ino(&meta));
         // The extracted files must be on disk before the swap makes them the target.
-        sync_tree(&staging_files)?;
+        if !settings.no_sync {
+            sync_tree(&staging_files)?;
+        }
     }
     journal.phase = Phase::Prepared;
     journal.save(&journal_path)?;

@@ -443,6 +443,7 @@ pub(super) fn plan_restore(
         keep_previous: false,
         order: Default::default(),
         clear_rest,
+        no_sync: false,
         model_version: env.model_version.clone(),
         pg_bin: svc.config.pg_bin.clone(),
         keys: crate::crypt::Keys::none(),

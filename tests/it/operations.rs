@@ -30,6 +30,7 @@ fn restore_options(env: &Env, archive: &Path) -> RestoreOptions {
         jobs: 2,
         keep_previous: false,
         clear_rest: false,
+        no_sync: false,
         order: Default::default(),
         model_version: None,
         pg_bin: Some(crate::harness::pg_bin()),

@@ -391,6 +391,28 @@ fn a_store_behind_a_symlink_is_restored_where_the_link_points() {
     });
 }
 
+/// `--no-sync` skips only the waiting for the disk: the same rows and files arrive, nothing is
+/// left behind, and the plan says what the user gives up.
+#[test]
+fn no_sync_restores_the_same_and_its_plan_says_what_it_risks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (archive, rows) = snapshot(dir.path(), &[]);
+    let env = Env::new("nosync");
+    let plan = ok(env.restore(&archive, &["--no-sync", "--dry-run"]));
+    assert!(
+        plan.stdout
+            .contains("without waiting for them to reach the disk"),
+        "{}",
+        plan.stdout
+    );
+    let plan = ok(env.restore(&archive, &["--dry-run"]));
+    assert!(!plan.stdout.contains("--no-sync"), "{}", plan.stdout);
+    ok(env.restore(&archive, &["--no-sync"]));
+    assert_eq!(env.db.checksums(), rows);
+    assert_eq!(tree_hashes(&env.files), fixture_tree(&env.db));
+    env.assert_clean();
+}
+
 #[test]
 fn dry_run_prints_the_plan_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -27,6 +27,7 @@ pub fn run(args: &TargetArgs, source: Source, quiet: bool) -> anyhow::Result<()>
         jobs: args.jobs,
         keep_previous: args.keep_previous,
         clear_rest: args.clear_rest,
+        no_sync: args.no_sync,
         order: args.order,
         model_version: args.model_version.clone(),
         pg_bin: args.pg_bin.clone(),
