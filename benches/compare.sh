@@ -49,29 +49,19 @@ echo "bench: database ${db_mb} MiB (pgbench scale $scale)" >&2
 
 out="$work/out"; mkdir -p "$out"
 results="$work/results"; : > "$results"
-# Every run starts from the same memory state: dirty pages written, the page cache emptied
-# (when root may), then the inputs read back in: the store, the archives and the database's
-# files. Without it, later runs pay for reclaiming the cache that earlier runs filled.
-settle() {
-  sync
-  [ -w /proc/sys/vm/drop_caches ] || return 0
-  echo 1 > /proc/sys/vm/drop_caches
-  { find "$S" "$work/pg/data" -type f -print0; find "$out" -maxdepth 1 -type f -print0; } \
-    | xargs -0 cat > /dev/null 2>&1 || true
-}
-# Whole-machine CPU time so far, in clock ticks: user, nice, system, irq and softirq of every
-# process, the server's backends and the kernel's writeback included (/proc/stat).
-cpu_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+# Every run starts from the same memory state (bench_settle): the inputs read back in are the
+# store, the archives and the database's files.
+settle() { bench_settle "$S" "$work/pg/data" $(find "$out" -maxdepth 1 -type f); }
 hz=$(getconf CLK_TCK); cores=$(nproc)
 # measure NAME GROUP CMD: time one run, record seconds, peak RSS (KiB), output size and the
 # whole machine's CPU seconds over the run.
 measure() {
   local name=$1 group=$2 cmd=$3
   settle
-  local t0; t0=$(cpu_ticks)
+  local t0; t0=$(bench_cpu_ticks)
   /usr/bin/time -f "%e %M" -o "$work/time" bash -c "$cmd" >/dev/null 2>>"$work/log" \
     || { echo "bench: $name failed, see $work/log" >&2; tail -5 "$work/log" >&2; exit 1; }
-  local cpu; cpu=$(awk -v a="$t0" -v b="$(cpu_ticks)" -v hz="$hz" 'BEGIN { printf "%.2f", (b - a) / hz }')
+  local cpu; cpu=$(awk -v a="$t0" -v b="$(bench_cpu_ticks)" -v hz="$hz" 'BEGIN { printf "%.2f", (b - a) / hz }')
   read -r secs kb < "$work/time"
   local size=0; [ -f "$out/$name" ] && size=$(stat -c %s "$out/$name")
   echo "$group $name $secs $kb $size $cpu" >> "$results"

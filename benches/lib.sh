@@ -5,6 +5,9 @@
 #                               exports PGHOST/PGUSER/PGPORT, sets $bin; bench_cluster_stop
 #   bench_env WORK              a managed local environment in WORK/env (mxsnap's own cluster);
 #                               sets $env_url (postgresql://user:pass@host:port); bench_env_stop
+#   bench_settle PATH...        dirty pages written, the page cache emptied (as root), then
+#                               every file under PATH... read back in
+#   bench_cpu_ticks             the whole machine's CPU time so far, in clock ticks
 #   bench_serve WORK DB FILES   `mxsnap serve` on a loopback port for one environment (app
 #                               "bench", Acceptance) over DB and FILES; sets $pid, $serve_url,
 #                               $bench_key; stop with kill "$pid"
@@ -89,3 +92,18 @@ bench_time() {
   /usr/bin/time -f "%e %M %U %S" -o "$out.raw" bash -c "$cmd" >/dev/null
   awk '{ printf "%s %s %.2f\n", $1, $2, $3 + $4 }' "$out.raw" > "$out"
 }
+
+# Every measured run starts from the same memory state: dirty pages written, the page cache
+# emptied (when root may), then the run's inputs read back in. Without it, later runs pay for
+# reclaiming the cache that earlier runs filled, and this machine pages out what has been
+# idle for a minute, so whichever job ran first would read cold inputs.
+bench_settle() {
+  sync
+  [ -w /proc/sys/vm/drop_caches ] || return 0
+  echo 1 > /proc/sys/vm/drop_caches
+  find "$@" -type f -print0 | xargs -0 cat > /dev/null 2>&1 || true
+}
+
+# Whole-machine CPU time so far, in clock ticks: user, nice, system, irq and softirq of every
+# process, the server's backends and the kernel's writeback included (/proc/stat).
+bench_cpu_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # A/B of the gzip unpack: files-only restores of one archive by one or more mxsnap binaries
 # (each by default and with --no-sync) and `pigz -dc | tar x` of the same archive (alone, and
-# followed by `sync`), interleaved, each run from the same memory state
-# as benches/compare.sh's (dirty pages written, page cache emptied, inputs read back) and into
-# a directory never used before. For checking a change to the reading path against the one
+# followed by `sync`), interleaved, each run from the same memory state (bench_settle) and
+# into a directory never used before. For checking a change to the reading path against the one
 # before it and against the baseline in the same minutes (this machine's speed drifts by the
 # hour, so only interleaved runs compare).
 #
 #   benches/unpack_ab.sh [--size-mb N] [--rounds N] [--keep DIR] BINARY...
 #
 # Prints each run's seconds and whole-machine CPU seconds, then medians and each binary's
-# ratio per round to the baseline of the same durability. --keep DIR reuses (or leaves) the store, cluster and archive there.
+# ratio per round to the baseline of the same durability. --keep DIR reuses (or leaves) the
+# store, the cluster and the archive there (the archive is made by the first binary).
 set -euo pipefail
 size_mb=1024 rounds=3 keep=""
 while [ $# -gt 0 ]; do
@@ -32,7 +32,11 @@ bins=("$@")
 
 if [ -n "$keep" ]; then work=$keep; mkdir -p "$work"; else work=$(mktemp -d /var/tmp/mxsnap-unpack.XXXXXX); fi
 chmod 755 "$work"
-cleanup() { bench_cluster_stop; [ -n "$keep" ] || rm -rf "$work"; [ -z "$keep" ] || rm -rf "$work"/x.*; }
+# With --keep only the unpacked folders go; the store, archive and cluster stay for next time.
+cleanup() {
+  bench_cluster_stop
+  if [ -n "$keep" ]; then rm -rf "$work"/x.*; else rm -rf "$work"; fi
+}
 trap cleanup EXIT
 [ -d "$work/store" ] || python3 "$here/gen_store.py" "$work/store" "$size_mb" > /dev/null
 rm -rf "$work/pg"
@@ -40,13 +44,7 @@ bench_cluster "$work"
 url="postgresql:///postgres?host=$work/pg&user=postgres"
 [ -f "$work/archive" ] || "${bins[0]}" create -q --variant files --all-files --files "$work/store" --output "$work/archive"
 
-settle() {
-  sync
-  [ -w /proc/sys/vm/drop_caches ] || return 0
-  echo 1 > /proc/sys/vm/drop_caches
-  { find "$work/pg/data" -type f -print0; printf '%s\0' "$work/archive"; } | xargs -0 cat > /dev/null 2>&1 || true
-}
-cpu_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+settle() { bench_settle "$work/pg/data" "$work/archive"; }
 hz=$(getconf CLK_TCK)
 n=0
 results="$work/results"; : > "$results"
@@ -54,10 +52,10 @@ measure() { # NAME CMD
   local name=$1 cmd=$2
   n=$((n + 1)); x="$work/x.$n"; mkdir -p "$x"
   settle
-  local t0; t0=$(cpu_ticks)
+  local t0; t0=$(bench_cpu_ticks)
   /usr/bin/time -f "%e" -o "$work/time" bash -c "${cmd//@X@/$x}" >/dev/null 2>>"$work/log" \
     || { echo "bench: $name failed, see $work/log" >&2; tail -5 "$work/log" >&2; exit 1; }
-  local cpu; cpu=$(awk -v a="$t0" -v b="$(cpu_ticks)" -v hz="$hz" 'BEGIN { printf "%.2f", (b - a) / hz }')
+  local cpu; cpu=$(awk -v a="$t0" -v b="$(bench_cpu_ticks)" -v hz="$hz" 'BEGIN { printf "%.2f", (b - a) / hz }')
   local secs; secs=$(cat "$work/time")
   echo "$round $name $secs $cpu" | tee -a "$results" >&2
 }
