@@ -112,9 +112,11 @@ impl<W: Write> Write for Encoder<W> {
 /// instead of copying them: a gigabyte of archive is otherwise copied once more, which cost
 /// about a twentieth of a restore's CPU.
 pub trait ChunkRead: Read + Send {
-    /// Puts the next bytes of the stream in `chunk`, whose old contents are dropped and whose
-    /// buffer may be swapped for another (hand the used ones back for reuse); `false` at the end.
-    fn next_chunk(&mut self, chunk: &mut Vec<u8>) -> io::Result<bool>;
+    /// Puts the next bytes of the stream at the start of `chunk`, whose old contents are
+    /// dropped and whose buffer may be swapped for another (hand the used ones back for reuse,
+    /// at their whole length); returns how many, 0 at the end. The chunk may be longer than
+    /// that: buffers keep their length so that reusing one never zeroes it again.
+    fn next_chunk(&mut self, chunk: &mut Vec<u8>) -> io::Result<usize>;
 }
 
 /// A decompressed stream being read: see [`decoder`].
@@ -130,17 +132,18 @@ impl<R: Read> Read for Copied<R> {
 }
 
 impl<R: Read + Send> ChunkRead for Copied<R> {
-    fn next_chunk(&mut self, chunk: &mut Vec<u8>) -> io::Result<bool> {
+    fn next_chunk(&mut self, chunk: &mut Vec<u8>) -> io::Result<usize> {
         fill_chunk(&mut self.0, chunk)
     }
 }
 
-/// Reads up to `IO_BUFFER` bytes of `r` into `chunk`; `false` at the end.
-pub(crate) fn fill_chunk(r: &mut dyn Read, chunk: &mut Vec<u8>) -> io::Result<bool> {
-    chunk.resize(IO_BUFFER, 0);
-    let n = read_full(r, chunk)?;
-    chunk.truncate(n);
-    Ok(n > 0)
+/// Reads up to `IO_BUFFER` bytes of `r` into the start of `chunk`; returns how many, 0 at the
+/// end.
+pub(crate) fn fill_chunk(r: &mut dyn Read, chunk: &mut Vec<u8>) -> io::Result<usize> {
+    if chunk.len() < IO_BUFFER {
+        chunk.resize(IO_BUFFER, 0);
+    }
+    read_full(r, &mut chunk[..IO_BUFFER])
 }
 
 /// `head` (bytes already taken off `rest` to look at them), then `rest`.
@@ -169,12 +172,12 @@ impl Read for Rejoined<'_> {
 }
 
 impl ChunkRead for Rejoined<'_> {
-    fn next_chunk(&mut self, chunk: &mut Vec<u8>) -> io::Result<bool> {
+    fn next_chunk(&mut self, chunk: &mut Vec<u8>) -> io::Result<usize> {
         if self.pos < self.head.len() {
             chunk.clear();
             chunk.extend_from_slice(&self.head[self.pos..]);
             self.pos = self.head.len();
-            return Ok(true);
+            return Ok(chunk.len());
         }
         self.rest.next_chunk(chunk)
     }
@@ -205,7 +208,7 @@ pub fn decoder<'a, R: BufRead + Send + 'a>(
 pub fn with_read_ahead<T>(source: &mut dyn ChunkRead, body: impl FnOnce(&mut dyn Read) -> T) -> T {
     use std::sync::mpsc::{channel, sync_channel};
     std::thread::scope(|scope| {
-        let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(4);
+        let (tx, rx) = sync_channel::<io::Result<(Vec<u8>, usize)>>(4);
         // Read chunks come back for reuse: the same few buffers serve the whole archive, so
         // the allocator has nothing to fragment however long the archive is.
         let (recycle, recycled) = channel::<Vec<u8>>();
@@ -213,9 +216,9 @@ pub fn with_read_ahead<T>(source: &mut dyn ChunkRead, body: impl FnOnce(&mut dyn
             loop {
                 let mut chunk = recycled.try_recv().unwrap_or_default();
                 match source.next_chunk(&mut chunk) {
-                    Ok(false) => break,
-                    Ok(true) => {
-                        if tx.send(Ok(chunk)).is_err() {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if tx.send(Ok((chunk, n))).is_err() {
                             break;
                         }
                     }
@@ -231,6 +234,7 @@ pub fn with_read_ahead<T>(source: &mut dyn ChunkRead, body: impl FnOnce(&mut dyn
             recycle,
             chunk: Vec::new(),
             pos: 0,
+            end: 0,
         };
         let out = body(&mut reader);
         // Dropping the receiver ends the reader thread; the scope joins it.
@@ -240,28 +244,31 @@ pub fn with_read_ahead<T>(source: &mut dyn ChunkRead, body: impl FnOnce(&mut dyn
 }
 
 struct ChannelReader {
-    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    rx: std::sync::mpsc::Receiver<io::Result<(Vec<u8>, usize)>>,
     recycle: std::sync::mpsc::Sender<Vec<u8>>,
+    /// Holds unread bytes at `pos..end`.
     chunk: Vec<u8>,
     pos: usize,
+    end: usize,
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.pos == self.chunk.len() {
+        if self.pos == self.end {
             match self.rx.recv() {
-                Ok(Ok(chunk)) => {
+                Ok(Ok((chunk, end))) => {
                     let used = std::mem::replace(&mut self.chunk, chunk);
                     if used.capacity() > 0 {
                         let _ = self.recycle.send(used);
                     }
                     self.pos = 0;
+                    self.end = end;
                 }
                 Ok(Err(e)) => return Err(e),
                 Err(_) => return Ok(0),
             }
         }
-        let n = buf.len().min(self.chunk.len() - self.pos);
+        let n = buf.len().min(self.end - self.pos);
         buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)

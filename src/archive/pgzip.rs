@@ -16,7 +16,7 @@
 //! (input and output) are reused rather than freed, so a long archive does not fragment the
 //! heap. The decoder bounds its members the same way.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, BufRead, Cursor, Read, Write};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -471,8 +471,13 @@ pub struct ParallelGzDecoder<R: BufRead> {
     jobs: Option<SyncSender<Job>>,
     done: Receiver<Done>,
     workers: Vec<JoinHandle<()>>,
+    /// The inflated lengths of the members in flight, oldest first: their output buffers are
+    /// longer (see [`inflate`]).
+    sizes: VecDeque<usize>,
+    /// Holds unread bytes at `pos..end`.
     current: Vec<u8>,
     pos: usize,
+    end: usize,
 }
 
 enum Stop {
@@ -498,8 +503,10 @@ impl<R: BufRead> ParallelGzDecoder<R> {
             jobs: Some(job_tx),
             done: done_rx,
             workers: handles,
+            sizes: VecDeque::new(),
             current: Vec::new(),
             pos: 0,
+            end: 0,
         }
     }
 
@@ -511,6 +518,7 @@ impl<R: BufRead> ParallelGzDecoder<R> {
             let mut member = self.spare_members.pop().unwrap_or_default();
             match read_member(inner, &mut member) {
                 Ok(Next::Member) => {
+                    self.sizes.push_back(inflated_size(&member));
                     let out = self.spare_outputs.pop().unwrap_or_default();
                     let sent = self.jobs.as_ref().expect("workers running").send((
                         self.next_seq,
@@ -533,7 +541,7 @@ impl<R: BufRead> ParallelGzDecoder<R> {
     }
 
     /// The next member's output, in order; `None` when no member is in flight.
-    fn next_output(&mut self) -> Option<io::Result<Vec<u8>>> {
+    fn next_output(&mut self) -> Option<io::Result<(Vec<u8>, usize)>> {
         if self.next_out == self.next_seq {
             return None;
         }
@@ -548,7 +556,8 @@ impl<R: BufRead> ParallelGzDecoder<R> {
         }
         let out = self.ready.remove(&self.next_out);
         self.next_out += 1;
-        out
+        let size = self.sizes.pop_front().expect("a size per member in flight");
+        out.map(|result| result.map(|buf| (buf, size)))
     }
 }
 
@@ -556,21 +565,23 @@ impl<R: BufRead> ParallelGzDecoder<R> {
     /// Makes `current` hold unread bytes, unless the stream has gone over to the streaming
     /// decoder (`Ok(true)`, nothing done) or ended (`Ok(false)`).
     fn fill_current(&mut self) -> io::Result<bool> {
-        while self.pos == self.current.len() {
+        while self.pos == self.end {
             if self.streaming.is_some() {
                 return Ok(true);
             }
             self.dispatch();
             match self.next_output() {
                 Some(result) => {
-                    let out = result.inspect_err(|_| {
+                    let (out, size) = result.inspect_err(|_| {
                         // Nothing after a failed member is handed on.
                         self.stopped = Some(Stop::End);
                         self.next_seq = self.next_out;
+                        self.sizes.clear();
                     })?;
                     let used = std::mem::replace(&mut self.current, out);
                     self.spare_outputs.push(used);
                     self.pos = 0;
+                    self.end = size;
                 }
                 None => match self.stopped.take() {
                     Some(Stop::Error(e)) => {
@@ -602,7 +613,7 @@ impl<R: BufRead> Read for ParallelGzDecoder<R> {
         if let Some(streaming) = self.streaming.as_mut() {
             return streaming.read(buf);
         }
-        let n = buf.len().min(self.current.len() - self.pos);
+        let n = buf.len().min(self.end - self.pos);
         buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
@@ -612,23 +623,24 @@ impl<R: BufRead> Read for ParallelGzDecoder<R> {
 impl<R: BufRead + Send> super::codec::ChunkRead for ParallelGzDecoder<R> {
     /// A whole member's output is handed over as it is, and `chunk`'s buffer becomes a spare
     /// output buffer for the workers: no copy.
-    fn next_chunk(&mut self, chunk: &mut Vec<u8>) -> io::Result<bool> {
+    fn next_chunk(&mut self, chunk: &mut Vec<u8>) -> io::Result<usize> {
         if !self.fill_current()? {
-            return Ok(false);
+            return Ok(0);
         }
         if let Some(streaming) = self.streaming.as_mut() {
             return super::codec::fill_chunk(streaming, chunk);
         }
+        let n = self.end - self.pos;
         if self.pos == 0 {
             std::mem::swap(chunk, &mut self.current);
             // `current` now holds the caller's old buffer, with nothing unread in it.
-            self.pos = self.current.len();
+            self.end = 0;
         } else {
             chunk.clear();
-            chunk.extend_from_slice(&self.current[self.pos..]);
-            self.pos = self.current.len();
+            chunk.extend_from_slice(&self.current[self.pos..self.end]);
+            self.pos = self.end;
         }
-        Ok(true)
+        Ok(n)
     }
 }
 
@@ -647,9 +659,11 @@ enum Next {
     Foreign,
 }
 
-/// Reads the next member into `member` when its header is mxsnap's. `member` is a recycled
-/// buffer: its old bytes are overwritten, never zeroed first (a gigabyte of archive would
-/// otherwise be zeroed once before it is read).
+/// Reads the next member into the start of `member` when its header is mxsnap's (the header
+/// gives its length: [`member_len`]). `member` is a recycled buffer, grown once to the largest
+/// member and never shortened: its old bytes are overwritten, never zeroed first (members'
+/// lengths vary, and growing a buffer zeroes what it adds: a gigabyte of archive would
+/// otherwise be zeroed once more as it is read).
 fn read_member(inner: &mut impl BufRead, member: &mut Vec<u8>) -> io::Result<Next> {
     let mut head = [0u8; HEADER_LEN];
     let mut got = 0;
@@ -686,37 +700,60 @@ fn read_member(inner: &mut impl BufRead, member: &mut Vec<u8>) -> io::Result<Nex
             format!("a gzip member gives its length as {len} bytes, which mxsnap never writes"),
         ));
     }
-    member.resize(len, 0);
+    if member.len() < len {
+        member.resize(MAX_MEMBER_LEN, 0);
+    }
     member[..HEADER_LEN].copy_from_slice(&head);
-    inner.read_exact(&mut member[HEADER_LEN..]).map_err(|e| {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
-            io::Error::new(e.kind(), "the gzip stream ends inside a member")
-        } else {
-            e
-        }
-    })?;
+    inner
+        .read_exact(&mut member[HEADER_LEN..len])
+        .map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                io::Error::new(e.kind(), "the gzip stream ends inside a member")
+            } else {
+                e
+            }
+        })?;
     Ok(Next::Member)
 }
 
-/// Inflates one of our members into `out`, checking its length and CRC-32.
+/// The length of the member at the start of `buf`, from its header (checked by
+/// [`read_member`]).
+fn member_len(buf: &[u8]) -> usize {
+    u32::from_le_bytes(buf[16..HEADER_LEN].try_into().expect("4 bytes")) as usize
+}
+
+/// The inflated size the trailer of the member at the start of `buf` gives.
+fn inflated_size(buf: &[u8]) -> usize {
+    let len = member_len(buf);
+    u32::from_le_bytes(buf[len - 4..len].try_into().expect("4 bytes")) as usize
+}
+
+/// Inflates the member at the start of `member` into the start of `out`, checking its length
+/// and CRC-32. `out` comes back at least [`inflated_size`] long: a recycled buffer is grown to
+/// a whole block once and never shortened, so it is not zeroed again (members' sizes vary).
 fn inflate(member: &[u8], inflater: &mut Decompressor, mut out: Vec<u8>) -> io::Result<Vec<u8>> {
     let bad =
         |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("gzip member: {what}"));
+    let member = &member[..member_len(member)];
     let trailer = &member[member.len() - TRAILER_LEN..];
     let crc = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes"));
     let size = u32::from_le_bytes(trailer[4..].try_into().expect("4 bytes")) as usize;
     if size > BLOCK {
         return Err(bad("its trailer gives a size larger than mxsnap writes"));
     }
-    // A recycled buffer: resized, not cleared, as inflating overwrites every byte of it.
-    out.resize(size, 0);
+    if out.len() < size {
+        out.resize(BLOCK, 0);
+    }
     let n = inflater
-        .deflate_decompress(&member[HEADER_LEN..member.len() - TRAILER_LEN], &mut out)
+        .deflate_decompress(
+            &member[HEADER_LEN..member.len() - TRAILER_LEN],
+            &mut out[..size],
+        )
         .map_err(|_| bad("corrupt deflate data"))?;
     if n != size {
         return Err(bad("its length does not match its trailer"));
     }
-    if libdeflater::crc32(&out) != crc {
+    if libdeflater::crc32(&out[..size]) != crc {
         return Err(bad("CRC-32 mismatch"));
     }
     Ok(out)
@@ -951,6 +988,38 @@ mod tests {
                 "{n} bytes"
             );
         }
+    }
+
+    /// Buffers are reused at their longest and only their start holds a member's bytes: members
+    /// of many sizes (text and noise cut where the kind changes) must come out whole, whether
+    /// read or handed over as chunks whose buffers come back longer than what they held.
+    #[test]
+    fn members_of_varying_sizes_decode_through_reused_buffers() {
+        let mut input = Vec::new();
+        for (i, n) in [SMALL, 3 * SMALL, 100, 2 * SMALL + 7, SMALL / 2, 5 * SMALL]
+            .into_iter()
+            .enumerate()
+        {
+            input.extend_from_slice(&if i % 2 == 0 {
+                data(n)
+            } else {
+                noise(n, i as u64)
+            });
+        }
+        let gz = ours(&input, 4 * SMALL);
+        assert_eq!(parallel_decode(&gz).unwrap(), input);
+
+        use crate::archive::codec::ChunkRead;
+        let mut d = ParallelGzDecoder::new(io::BufReader::new(&gz[..]), 2);
+        let (mut out, mut chunk) = (Vec::new(), vec![0xAA; 3 * BLOCK]);
+        loop {
+            let n = d.next_chunk(&mut chunk).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(out, input);
     }
 
     #[test]
