@@ -16,7 +16,7 @@
 //! (input and output) are reused rather than freed, so a long archive does not fragment the
 //! heap. The decoder bounds its members the same way.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::io::{self, BufRead, Cursor, Read, Write};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -464,16 +464,14 @@ pub struct ParallelGzDecoder<R: BufRead> {
     stopped: Option<Stop>,
     next_seq: u64,
     next_out: u64,
-    ready: BTreeMap<u64, io::Result<Vec<u8>>>,
+    /// Inflated members by sequence number, each with its size (its buffer may be longer).
+    ready: BTreeMap<u64, io::Result<(Vec<u8>, usize)>>,
     spare_members: Vec<Vec<u8>>,
     spare_outputs: Vec<Vec<u8>>,
     max_in_flight: u64,
     jobs: Option<SyncSender<Job>>,
     done: Receiver<Done>,
     workers: Vec<JoinHandle<()>>,
-    /// The inflated lengths of the members in flight, oldest first: their output buffers are
-    /// longer (see [`inflate`]).
-    sizes: VecDeque<usize>,
     /// Holds unread bytes at `pos..end`.
     current: Vec<u8>,
     pos: usize,
@@ -503,7 +501,6 @@ impl<R: BufRead> ParallelGzDecoder<R> {
             jobs: Some(job_tx),
             done: done_rx,
             workers: handles,
-            sizes: VecDeque::new(),
             current: Vec::new(),
             pos: 0,
             end: 0,
@@ -518,7 +515,6 @@ impl<R: BufRead> ParallelGzDecoder<R> {
             let mut member = self.spare_members.pop().unwrap_or_default();
             match read_member(inner, &mut member) {
                 Ok(Next::Member) => {
-                    self.sizes.push_back(inflated_size(&member));
                     let out = self.spare_outputs.pop().unwrap_or_default();
                     let sent = self.jobs.as_ref().expect("workers running").send((
                         self.next_seq,
@@ -548,6 +544,7 @@ impl<R: BufRead> ParallelGzDecoder<R> {
         while !self.ready.contains_key(&self.next_out) {
             match self.done.recv() {
                 Ok((seq, result, member)) => {
+                    let result = result.map(|out| (out, inflated_size(&member)));
                     self.spare_members.push(member);
                     self.ready.insert(seq, result);
                 }
@@ -556,8 +553,7 @@ impl<R: BufRead> ParallelGzDecoder<R> {
         }
         let out = self.ready.remove(&self.next_out);
         self.next_out += 1;
-        let size = self.sizes.pop_front().expect("a size per member in flight");
-        out.map(|result| result.map(|buf| (buf, size)))
+        out
     }
 }
 
@@ -576,7 +572,6 @@ impl<R: BufRead> ParallelGzDecoder<R> {
                         // Nothing after a failed member is handed on.
                         self.stopped = Some(Stop::End);
                         self.next_seq = self.next_out;
-                        self.sizes.clear();
                     })?;
                     let used = std::mem::replace(&mut self.current, out);
                     self.spare_outputs.push(used);
